@@ -1,0 +1,1 @@
+"""sslcore: storage."""
