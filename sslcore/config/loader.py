@@ -70,6 +70,16 @@ def _unknown_key_error(path: str, origin: str) -> ConfigError:
     return ConfigError(msg)
 
 
+def _inside_free_form(path: str) -> bool:
+    """True when an ancestor of ``path`` is a ``dict`` Key: its content is free-form."""
+    parts = path.split(".")
+    for i in range(1, len(parts)):
+        spec = lookup(".".join(parts[:i]))
+        if isinstance(spec, Key):
+            return spec.type is dict
+    return False
+
+
 def _set(tree: Dict[str, Any], path: str, value: Any) -> None:
     parts = path.split(".")
     node = tree
@@ -179,7 +189,8 @@ def compose_config(overrides: Sequence[str]) -> DictConfig:
             raise ConfigError(f"{origin}: config.{path} already exists; drop the '+' to change it")
         if ov.is_add() or ov.is_force_add():
             added.add(path)
-        elif lookup(path) is None and not any(path.startswith(a + ".") for a in added):
+        elif (lookup(path) is None and not _inside_free_form(path)
+              and not any(path.startswith(a + ".") for a in added)):
             raise _unknown_key_error(path, origin)
         if lookup(path) is not None:
             _check_value(path, value, origin)

@@ -5,4 +5,19 @@ Explicit on purpose (house style): a module that declares keys is listed here, n
 
 # isort: off
 from sslcore.engine import distributed  # noqa: F401
+from sslcore.engine import checkpoint  # noqa: F401
+from sslcore.engine import trainer  # noqa: F401
+from sslcore.engine import standard_hooks  # noqa: F401
+from sslcore.engine import extract  # noqa: F401
+from sslcore.optim import optimizer  # noqa: F401
+from sslcore.models.trunks import registry as trunk_registry  # noqa: F401
+from sslcore.models.trunks import resnet  # noqa: F401
+from sslcore.models.heads import registry as head_registry  # noqa: F401
+from sslcore.models import feature_eval  # noqa: F401
+from sslcore.losses import registry as loss_registry  # noqa: F401
+from sslcore.losses import simclr_info_nce  # noqa: F401
+from sslcore.data import dataset  # noqa: F401
+from sslcore.data import transforms  # noqa: F401
+from sslcore.data import collators  # noqa: F401
+from sslcore.data import loader  # noqa: F401
 # isort: on

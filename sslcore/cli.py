@@ -1,0 +1,146 @@
+"""The ``sslcore`` command.
+
+    sslcore train config=pretrain/simclr/quick_simclr config.OPTIMIZER.num_epochs=2 +config.NEW_KEY=1
+    sslcore train config=... engine_name=extract_features       (same as `sslcore extract ...`)
+    sslcore extract config=... config.MODEL.WEIGHTS_INIT.PARAMS_FILE=ckpt.torch
+    sslcore data prepare fashion_mnist --out DIR
+    sslcore benchmark knn --features DIR --out DIR [--layer res5avg]
+    sslcore benchmark linear --features DIR --out DIR [--layer res5avg]
+    sslcore config show config=... [overrides]     print the resolved config
+    sslcore config keys [PREFIX]                   every key with its type, default and meaning
+    sslcore pipelines compile | run NAME
+
+Errors in user input (config keys, paths, data) print one clear message and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import List, Optional, Sequence
+
+log = logging.getLogger("sslcore")
+
+
+def _split_engine(args: Sequence[str], default: str) -> tuple:
+    engine, rest = default, []
+    for arg in args:
+        if arg.startswith("engine_name="):
+            engine = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    return engine, rest
+
+
+def cmd_engine(args: argparse.Namespace, default_engine: str) -> int:
+    """`sslcore train|extract`: run an engine with VISSL-style overrides."""
+    from sslcore.engine.launcher import run_engine, setup_logging
+
+    setup_logging()
+    engine, overrides = _split_engine(args.overrides, default_engine)
+    result = run_engine(overrides, engine)
+    print(result)
+    return 0
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    """`sslcore data prepare NAME --out DIR`."""
+    from sslcore.data.prepare import prepare_dataset
+
+    manifest = prepare_dataset(args.name, args.out, limit_train=args.limit_train,
+                               limit_test=args.limit_test)
+    print(json.dumps({k: v for k, v in manifest.items() if k != "files"}, indent=2))
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    """`sslcore benchmark knn|linear --features DIR --out DIR`."""
+    from sslcore.report import format_metrics_table
+
+    if args.benchmark == "knn":
+        from sslcore.benchmarks.knn import run_knn_benchmark
+
+        metrics = run_knn_benchmark(args.features, args.out, layer=args.layer)
+    else:
+        from sslcore.benchmarks.linear import run_linear_benchmark
+
+        kwargs = {"epochs": args.epochs} if args.epochs else {}
+        metrics = run_linear_benchmark(args.features, args.out, layer=args.layer, **kwargs)
+    print(format_metrics_table([{**metrics, "model": args.model_name}]))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """`sslcore config show|keys`."""
+    if args.action == "show":
+        from sslcore.config.loader import to_yaml
+        from sslcore.engine.launcher import resolve, setup_logging
+
+        setup_logging()
+        print(to_yaml(resolve(args.rest)))
+        return 0
+    from sslcore.config.schema import iter_keys
+
+    prefix = args.rest[0] if args.rest else ""
+    for path, key in iter_keys():
+        if path.startswith(prefix):
+            print(f"config.{path}  ({key.type_name}, default {key.default!r})\n    {key.doc}")
+    return 0
+
+
+def cmd_pipelines(args: argparse.Namespace) -> int:
+    """`sslcore pipelines compile|run`: delegates to the project's pipelines package."""
+    from pipelines import runner
+
+    return runner.main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``sslcore`` command."""
+    parser = argparse.ArgumentParser(prog="sslcore", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, engine in (("train", "train"), ("extract", "extract_features")):
+        p = sub.add_parser(name, help=f"run the {engine} engine with VISSL-style overrides")
+        p.add_argument("overrides", nargs=argparse.REMAINDER)
+        p.set_defaults(func=lambda a, e=engine: cmd_engine(a, e))
+    data = sub.add_parser("data", help="prepare datasets").add_subparsers(dest="action", required=True)
+    prep = data.add_parser("prepare", help="write a dataset in disk_folder + disk_filelist layout")
+    prep.add_argument("name", help="'fashion_mnist' or a dataset directory to copy and verify")
+    prep.add_argument("--out", required=True)
+    prep.add_argument("--limit-train", type=int, default=None)
+    prep.add_argument("--limit-test", type=int, default=None)
+    prep.set_defaults(func=cmd_data_prepare)
+    bench = sub.add_parser("benchmark", help="evaluate extracted features")
+    bench.add_argument("benchmark", choices=("knn", "linear"))
+    bench.add_argument("--features", required=True, help="directory of <split>_<layer>_*.npy")
+    bench.add_argument("--out", required=True, help="where metrics.json goes")
+    bench.add_argument("--layer", default="res5avg")
+    bench.add_argument("--epochs", type=int, default=None, help="linear only")
+    bench.add_argument("--model-name", default="features", help="label in the printed table")
+    bench.set_defaults(func=cmd_benchmark)
+    conf = sub.add_parser("config", help="show the resolved config or list keys")
+    conf.add_argument("action", choices=("show", "keys"))
+    conf.add_argument("rest", nargs=argparse.REMAINDER)
+    conf.set_defaults(func=cmd_config)
+    pipes = sub.add_parser("pipelines", help="compile or run the Kubeflow pipelines", add_help=False)
+    pipes.add_argument("rest", nargs=argparse.REMAINDER)
+    pipes.set_defaults(func=cmd_pipelines)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point; returns the exit code (2 for user errors, with one clear message)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"sslcore: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
