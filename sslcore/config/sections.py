@@ -20,4 +20,5 @@ from sslcore.data import dataset  # noqa: F401
 from sslcore.data import transforms  # noqa: F401
 from sslcore.data import collators  # noqa: F401
 from sslcore.data import loader  # noqa: F401
+from sslcore.benchmarks import knn  # noqa: F401
 # isort: on

@@ -1,0 +1,27 @@
+"""Shared fixtures: an isolated dataset catalog and a small real Fashion-MNIST subset."""
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_catalog(tmp_path_factory, monkeypatch):
+    """Never touch the user's ~/.sslcore catalog from tests."""
+    catalog = tmp_path_factory.mktemp("catalog") / "dataset_catalog.json"
+    monkeypatch.setenv("SSLCORE_DATASET_CATALOG", str(catalog))
+
+
+@pytest.fixture(scope="session")
+def fmnist_small(tmp_path_factory) -> Path:
+    """Fashion-MNIST (from the Debian package): 512 train / 256 test images, both layouts."""
+    from sslcore.data.fashion_mnist import prepare_fashion_mnist
+
+    out = tmp_path_factory.mktemp("fmnist_small")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SSLCORE_DATASET_CATALOG", str(out / "catalog.json"))
+    try:
+        prepare_fashion_mnist(out, limit_train=512, limit_test=256)
+    finally:
+        mp.undo()
+    return out
