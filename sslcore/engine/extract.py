@@ -120,9 +120,9 @@ def extract_raw_pixel_features(data_dir: Path, out_dir: Path, *, batch_size: int
                                num_workers: int = 0) -> Path:
     """Write raw-pixel "features" (layer ``pixels``) for a disk_filelist dataset: the baseline.
 
-    Each image is read through the same data layer as training (RGB, ToTensor, so values are in
-    [0, 1]; grayscale images are replicated to 3 channels, which changes neither cosine kNN nor a
-    linear classifier) and flattened to (C*H*W,) float32.
+    Each image is read through the same data layer as training, converted to one grey channel
+    (exact for Fashion-MNIST, whose images are grey), scaled to [0, 1] by ToTensor and flattened
+    to (H*W,) float32: 784 values for Fashion-MNIST, the dataset's published baseline input.
 
     Args:
         data_dir: a dataset with ``{train,test}_images.npy`` and ``{train,test}_labels.npy``.
@@ -150,7 +150,7 @@ def extract_raw_pixel_features(data_dir: Path, out_dir: Path, *, batch_size: int
                       f"config.DATA.{split}.LABEL_SOURCES=[disk_filelist]",
                       f"config.DATA.{split}.LABEL_PATHS=[{data_dir / f'{split.lower()}_labels.npy'}]",
                       f"config.DATA.{split}.BATCHSIZE_PER_REPLICA={batch_size}",
-                      f"config.DATA.{split}.TRANSFORMS=[{{name: ToTensor}}]"]
+                      f"config.DATA.{split}.TRANSFORMS=[{{name: Grayscale, num_output_channels: 1}},{{name: ToTensor}}]"]
     cfg = compose_config(overrides)
     for split in ("TRAIN", "TEST"):
         dataset = build_dataset(cfg, split)

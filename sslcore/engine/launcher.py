@@ -40,6 +40,7 @@ def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=level, stream=sys.stderr, force=True,
                         format=f"%(asctime)s %(levelname).1s [rank {rank}] %(message)s",
                         datefmt="%H:%M:%S")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its AVX probing is noise
 
 
 def resolve(overrides: Sequence[str]) -> DictConfig:

@@ -1,1 +1,6 @@
-"""sslcore: report."""
+"""sslcore: report. The run's results as a terminal table and as one self-contained HTML page."""
+
+from sslcore.report.html_page import write_html_report
+from sslcore.report.table import format_metrics_table
+
+__all__ = ["format_metrics_table", "write_html_report"]
