@@ -32,7 +32,7 @@ def _set(tree: Dict[str, Any], path: str, value: Any) -> None:
 
 
 def infer_config(cfg: DictConfig, *, world_size: int, local_world_size: int,
-                 cuda_available: bool) -> Tuple[DictConfig, List[str]]:
+                 cuda_available: bool, engine_name: str = "train") -> Tuple[DictConfig, List[str]]:
     """Fill in derived values.
 
     Rules, in order:
@@ -40,13 +40,14 @@ def infer_config(cfg: DictConfig, *, world_size: int, local_world_size: int,
       2. DISTRIBUTED.NUM_NODES / NUM_PROC_PER_NODE describe the processes actually launched
          (torchrun's WORLD_SIZE and LOCAL_WORLD_SIZE).
       3. The LR schedule is scaled for the global batch size (``auto_lr_scaling``).
-      4. The training method's own rules (e.g. the SimCLR loss's effective batch size).
+      4. For training only: the method's own rules (e.g. the SimCLR loss's effective batch size).
 
     Args:
         cfg: the composed config (not modified).
         world_size: number of processes in the run.
         local_world_size: processes on this node.
         cuda_available: whether CUDA can be used.
+        engine_name: "train" or "extract_features" (no method rules when not training).
 
     Returns:
         ``(resolved_config, changes)`` where each change reads ``"KEY: old -> new (rule)"``.
@@ -71,7 +72,7 @@ def infer_config(cfg: DictConfig, *, world_size: int, local_world_size: int,
     new["OPTIMIZER.param_schedulers.lr"] = (scale_lr_schedule(lr, global_bs),
                                             f"auto_lr_scaling for global batch {global_bs}")
     _apply(tree, new)
-    method_rules = _method_rules(cfg_from(tree), world_size)
+    method_rules = _method_rules(cfg_from(tree), world_size) if engine_name == "train" else {}
     _apply(tree, method_rules)
     changes = []
     old = OmegaConf.to_container(cfg, resolve=True)

@@ -43,13 +43,13 @@ def setup_logging(verbose: bool = False) -> None:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its AVX probing is noise
 
 
-def resolve(overrides: Sequence[str]) -> DictConfig:
+def resolve(overrides: Sequence[str], engine_name: str = "train") -> DictConfig:
     """Compose + infer, from the overrides and this process's launch environment (logged)."""
     cfg = compose_config(overrides)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     cfg, changes = infer_config(cfg, world_size=world, local_world_size=local,
-                                cuda_available=torch.cuda.is_available())
+                                cuda_available=torch.cuda.is_available(), engine_name=engine_name)
     for change in changes:
         log.info("inferred %s", change)
     return cfg
@@ -69,7 +69,7 @@ def run_engine(overrides: Sequence[str], engine_name: str = "train") -> Path:
     engines: Dict[str, Callable[[DictConfig, torch.device], Path]] = _engines()
     if engine_name not in engines:
         raise ValueError(f"engine_name={engine_name} is unknown; use one of {', '.join(ENGINES)}")
-    cfg = resolve(overrides)
+    cfg = resolve(overrides, engine_name)
     setup_logging(bool(cfg.VERBOSE))
     device = select_device(cfg.MACHINE.DEVICE)
     init_distributed(device, cfg.DISTRIBUTED.BACKEND)
