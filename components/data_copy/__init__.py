@@ -1,0 +1,5 @@
+"""The data_copy component."""
+
+from components.data_copy.component import data_copy
+
+__all__ = ["data_copy"]

@@ -1,0 +1,5 @@
+"""The knn component."""
+
+from components.knn.component import knn
+
+__all__ = ["knn"]

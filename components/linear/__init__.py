@@ -1,0 +1,5 @@
+"""The linear component."""
+
+from components.linear.component import linear
+
+__all__ = ["linear"]

@@ -1,0 +1,114 @@
+"""Every component: its signature, its KFP spec, its README and the import guard.
+
+The import guard is kubeflow/pipelines-components' rule: a component.py imports only the
+standard library and kfp at module level (plus this package's own constants), so compiling a
+pipeline never needs torch or sslcore; the body imports what it calls.
+"""
+
+import ast
+import inspect
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import pytest
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
+
+import components
+from components.data_copy import data_copy
+from components.extract_features import extract_features
+from components.knn import knn
+from components.linear import linear
+from components.pretrain import pretrain
+from components.report import report
+
+COMPONENTS_DIR = Path(components.__file__).parent
+
+# component -> {parameter: annotation}, in signature order: the documented interface
+EXPECTED_SIGNATURES = {
+    data_copy: {"source": str, "dataset": Output[Dataset], "limit_train": int, "limit_test": int},
+    pretrain: {"dataset": Input[Dataset], "config": str, "model": Output[Model],
+               "overrides": Optional[List[str]]},
+    extract_features: {"source": str, "dataset": Input[Dataset], "features": Output[Artifact],
+                       "config": str, "overrides": Optional[List[str]],
+                       "checkpoint": Optional[Input[Model]]},
+    knn: {"features": Input[Artifact], "metrics": Output[Metrics], "layer": str},
+    linear: {"features": Input[Artifact], "metrics": Output[Metrics], "layer": str, "epochs": int},
+    report: {**{f"{m}_{b}": Input[Metrics] for m in ("pretrained", "random_init", "raw_pixels")
+                for b in ("knn", "linear")},
+             "checkpoint": Input[Model], "html": Output[HTML], "summary": Output[Artifact],
+             "title": str},
+}
+ALL = list(EXPECTED_SIGNATURES)
+FOLDERS = sorted(p.name for p in COMPONENTS_DIR.iterdir() if (p / "component.py").is_file())
+
+
+def _id(component) -> str:
+    return component.python_func.__name__
+
+
+def test_every_component_folder_is_covered():
+    assert FOLDERS == sorted(_id(c) for c in ALL)
+
+
+@pytest.mark.parametrize("component", ALL, ids=_id)
+def test_python_func_is_callable_with_documented_signature(component):
+    assert callable(component.python_func)
+    params = inspect.signature(component.python_func).parameters
+    assert {name: p.annotation for name, p in params.items()} == EXPECTED_SIGNATURES[component]
+
+
+@pytest.mark.parametrize("component", ALL, ids=_id)
+def test_runs_in_the_sslcore_image_without_installing_anything(component):
+    container = component.component_spec.implementation.container
+    assert container.image == components.SSLCORE_IMAGE
+    command = " ".join(container.command or [])
+    assert "pip install" not in command
+
+
+@pytest.mark.parametrize("component", ALL, ids=_id)
+def test_spec_types_follow_the_signature(component):
+    spec = component.component_spec
+    for name, annotation in EXPECTED_SIGNATURES[component].items():
+        if "OutputAnnotation" in repr(annotation):
+            assert spec.outputs[name].type.startswith("system."), name
+        else:
+            assert name in spec.inputs, name
+    assert spec.description, "the docstring's summary becomes the component's description"
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_folder_has_init_component_and_readme_naming_every_io(folder):
+    path = COMPONENTS_DIR / folder
+    assert (path / "__init__.py").is_file()
+    readme = (path / "README.md").read_text()
+    component = next(c for c in ALL if _id(c) == folder)
+    for name in EXPECTED_SIGNATURES[component]:
+        assert f"`{name}`" in readme, f"{folder}/README.md does not document `{name}`"
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_component_module_imports_only_stdlib_and_kfp_at_top_level(folder):
+    tree = ast.parse((COMPONENTS_DIR / folder / "component.py").read_text())
+    allowed = set(sys.stdlib_module_names) | {"kfp", "components"}
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+        else:
+            continue
+        for name in names:
+            root = name.split(".")[0]
+            assert root in allowed, f"{folder}/component.py imports {name} at module level"
+            if root == "components":
+                assert name == "components", "only the package's constants may be imported"
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_component_body_imports_sslcore_inside_the_function(folder):
+    tree = ast.parse((COMPONENTS_DIR / folder / "component.py").read_text())
+    functions = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+    assert [f.name for f in functions] == [folder]
+    inner = [n for n in ast.walk(functions[0]) if isinstance(n, ast.ImportFrom)]
+    assert any((n.module or "").startswith("sslcore") for n in inner)
