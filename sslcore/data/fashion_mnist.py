@@ -13,21 +13,28 @@ Output directory (both layouts side by side, paths inside relative so it can be 
     test_images.npy,  test_labels.npy
     dataset.json, dataset_files.tsv      manifest (see sslcore.data.manifest)
 
-Label ids: both layouts use the disk_folder rule, id = position of the class folder in sorted
-order (``Ankle_boot`` = 0, ..., ``Trouser`` = 9), so both layouts give the same labels. The
-manifest lists ``classes`` in that order and ``source_label_ids`` (the original Fashion-MNIST ids,
-``T-shirt_top`` = 0, ...) for reference.
+Label ids: both layouts keep the original Fashion-MNIST ids (0 = T-shirt/top ... 9 = Ankle boot).
+The class folders are named ``<id>_<name>`` (``0_T-shirt_top``, ``1_Trouser``, ..., ``9_Ankle_boot``)
+so that the disk_folder rule (id = position of the class folder in sorted order, as in VISSL and
+torchvision's ``ImageFolder``) gives those same ids; the ``.npy`` label files hold them directly.
+The manifest lists ``classes`` (the folder names) in id order.
+
+PNG files are written by Pillow, with a process pool over chunks of images.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from PIL import Image
 
 from sslcore.data.idx import read_idx
 from sslcore.data.manifest import (
@@ -39,7 +46,6 @@ from sslcore.data.manifest import (
     verify_dataset,
     write_manifest,
 )
-from sslcore.data.png_writer import write_pngs
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +53,10 @@ DEFAULT_SOURCE_DIR = "/usr/share/datasets/fashion-mnist"
 # class names in the original Fashion-MNIST id order ("/" and " " replaced to be folder names)
 FASHION_MNIST_CLASSES = ("T-shirt_top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot")
-# label id order of both prepared layouts: the disk_folder rule (sorted class folders)
-CLASSES = tuple(sorted(FASHION_MNIST_CLASSES))
-_TO_FOLDER_ID = np.array([CLASSES.index(c) for c in FASHION_MNIST_CLASSES], dtype=np.int64)
+# class folder names, in id order; sorted by name they keep that order (the disk_folder rule)
+CLASSES = tuple(f"{i}_{name}" for i, name in enumerate(FASHION_MNIST_CLASSES))
+# what this module writes; a change makes earlier prepared directories be prepared again
+_CONTENT_VERSION = 2
 SPLIT_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", 60000),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", 10000),
@@ -126,8 +133,8 @@ def select_stratified(labels: np.ndarray, limit: Optional[int]) -> np.ndarray:
 def _content(source_dir: Path, limits: Dict[str, Optional[int]]) -> Dict[str, object]:
     sizes = {name: (source_dir / name).stat().st_size
              for files in SPLIT_FILES.values() for name in files[:2] if (source_dir / name).is_file()}
-    return {"source": "fashion_mnist", "source_files": sizes, "limits": limits,
-            "label_order": "sorted_class_folders"}
+    return {"source": "fashion_mnist", "version": _CONTENT_VERSION, "source_files": sizes,
+            "limits": limits, "label_order": "fashion_mnist_ids"}
 
 
 def _is_prepared(out_dir: Path, content: Dict[str, object]) -> bool:
@@ -150,16 +157,46 @@ def _is_prepared(out_dir: Path, content: Dict[str, object]) -> bool:
     return True
 
 
+def _write_png_chunk(images: np.ndarray, paths: Sequence[str]) -> None:
+    for image, path in zip(images, paths):
+        # a 2-D uint8 array gives mode "L" (passing mode= warns on Pillow 11.3)
+        Image.fromarray(image).save(path, format="PNG", compress_level=1)
+
+
+def _write_pngs(images: np.ndarray, paths: Sequence[str]) -> None:
+    """Write ``images[i]`` (N, 28, 28) uint8 to ``paths[i]`` as 8-bit grayscale PNG with Pillow.
+
+    Lossless: decoding gives the exact pixels back. For such small images the cost is per file,
+    so chunks of images are written by one forked process per available CPU core.
+    """
+    if images.dtype != np.uint8 or images.ndim != 3 or len(images) != len(paths):
+        raise ValueError(f"expected (N, H, W) uint8 images and N paths, got {images.dtype} "
+                         f"{images.shape} and {len(paths)} paths")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = max(1, min(cores, len(paths) // 1000))
+    if workers == 1:
+        _write_png_chunk(images, paths)
+        return
+    bounds = np.linspace(0, len(paths), 4 * workers + 1).astype(int)  # a few chunks per worker
+    # fork: workers inherit the imported modules instead of importing sslcore (and torch) again
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = [pool.submit(_write_png_chunk, images[a:b], paths[a:b])
+                   for a, b in zip(bounds[:-1], bounds[1:])]
+        for future in futures:
+            future.result()  # re-raises a worker's error (disk full, missing directory)
+
+
 def _write_split(out_dir: Path, split: str, images: np.ndarray, labels: np.ndarray,
                  indices: np.ndarray) -> None:
-    folder_ids = _TO_FOLDER_ID[labels[indices]]
-    rel = [f"{split}/{CLASSES[c]}/{i:05d}.png" for c, i in zip(folder_ids, indices)]
+    kept = labels[indices]
+    rel = [f"{split}/{CLASSES[c]}/{i:05d}.png" for c, i in zip(kept, indices)]
     for name in CLASSES:
         (out_dir / split / name).mkdir(parents=True, exist_ok=True)
     base = str(out_dir)
-    write_pngs(images[indices], [f"{base}/{r}" for r in rel])
+    _write_pngs(images[indices], [f"{base}/{r}" for r in rel])
     np.save(out_dir / f"{split}_images.npy", np.array(rel, dtype=str))
-    np.save(out_dir / f"{split}_labels.npy", folder_ids.astype(np.int64))
+    np.save(out_dir / f"{split}_labels.npy", kept.astype(np.int64))
 
 
 def _clear_outputs(out_dir: Path) -> None:
@@ -176,8 +213,12 @@ def prepare_fashion_mnist(out_dir: Union[str, Path], *, source_dir: Union[str, P
                           register_catalog: bool = True) -> Path:
     """Write Fashion-MNIST as PNG files in disk_folder AND disk_filelist layout, plus a manifest.
 
-    Idempotent: when ``out_dir/dataset.json`` records the same source files and limits and
-    :func:`~sslcore.data.manifest.verify_dataset` passes, nothing is written. Otherwise the
+    Labels keep the original Fashion-MNIST ids in both layouts: class folders ``0_T-shirt_top``
+    ... ``9_Ankle_boot`` (sorted = id order) and the same ids in ``<split>_labels.npy``.
+
+    Idempotent: when ``out_dir/dataset.json`` records the same content (this module's version,
+    label order, source files and limits) and :func:`~sslcore.data.manifest.verify_dataset`
+    passes, nothing is written. Otherwise (a directory from an earlier version included) the
     outputs this function owns (``train/``, ``test/``, ``*_images.npy``, ``*_labels.npy``, the
     manifest) are removed and written again; other files in ``out_dir`` are left alone.
 
@@ -203,7 +244,7 @@ def prepare_fashion_mnist(out_dir: Union[str, Path], *, source_dir: Union[str, P
     Example:
         >>> root = prepare_fashion_mnist("runs/data/fmnist", limit_train=200, limit_test=100)
         >>> sorted(p.name for p in (root / "train").iterdir())[:2]
-        ['Ankle_boot', 'Bag']
+        ['0_T-shirt_top', '1_Trouser']
     """
     out_dir, source_dir = Path(out_dir), Path(source_dir)
     limits = {"train": limit_train, "test": limit_test}
@@ -219,7 +260,6 @@ def prepare_fashion_mnist(out_dir: Union[str, Path], *, source_dir: Union[str, P
         files = list_files(out_dir)
         manifest = build_manifest(out_dir, name="fashion_mnist", content=content,
                                   classes=list(CLASSES), files=files)
-        manifest["source_label_ids"] = {name: i for i, name in enumerate(FASHION_MNIST_CLASSES)}
         write_manifest(out_dir, manifest, files)
         log.info("prepared Fashion-MNIST in %s (%d files, %.1f s)", out_dir, len(files),
                  time.perf_counter() - start)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from data_helpers import SMALL_TRAIN, make_cfg, needs_fashion_mnist
 
 from sslcore.data.collators import build_collator
 from sslcore.data.dataset import SSLDataset, build_dataset, select_subset
-from sslcore.data.fashion_mnist import prepare_fashion_mnist
+from sslcore.data.fashion_mnist import DEFAULT_SOURCE_DIR, load_fashion_mnist, prepare_fashion_mnist
 from sslcore.data.sources import DiskFilelistSource, DiskFolderSource, SyntheticSource, build_source
 
 TO_TENSOR = [{"name": "ToTensor"}]
@@ -45,8 +46,31 @@ def test_folder_and_filelist_give_the_same_images_and_labels(small_fmnist):
         a, b = folder[i], filelist[j]
         assert a["label"] == b["label"] and a["data_valid"] == b["data_valid"] == [True]
         torch.testing.assert_close(a["data"][0], b["data"][0], rtol=0, atol=0)
-    assert folder.sources[0].classes[0] == "Ankle_boot"
+    assert folder.sources[0].classes[0] == "0_T-shirt_top"
     np.testing.assert_array_equal(np.sort(folder.labels()), np.sort(filelist.labels()))
+
+
+@needs_fashion_mnist
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_both_layouts_keep_the_original_fashion_mnist_label_ids(small_fmnist, split):
+    _, raw_labels = load_fashion_mnist(DEFAULT_SOURCE_DIR, split)  # IDX: 0 = T-shirt/top, 9 = Ankle boot
+    assert raw_labels[0] == 9  # the first image of both IDX files is an ankle boot
+    layouts = {
+        "disk_folder": _folder_cfg(small_fmnist, **{"DATA.TRAIN.DATA_PATHS": [str(small_fmnist / split)]}),
+        "disk_filelist": _filelist_cfg(small_fmnist, **{
+            "DATA.TRAIN.DATA_PATHS": [str(small_fmnist / f"{split}_images.npy")],
+            "DATA.TRAIN.LABEL_PATHS": [str(small_fmnist / f"{split}_labels.npy")]}),
+    }
+    for layout, cfg in layouts.items():
+        dataset = build_dataset(cfg, "TRAIN", seed=0)
+        files = [Path(dataset.sources[0].describe(i)) for i in range(len(dataset))]
+        labels = dataset.labels()
+        np.testing.assert_array_equal(labels, raw_labels[[int(f.stem) for f in files]], err_msg=layout)
+        assert {f.parent.name for f, y in zip(files, labels) if y == 0} == {"0_T-shirt_top"}, layout
+        assert {f.parent.name for f, y in zip(files, labels) if y == 9} == {"9_Ankle_boot"}, layout
+        assert labels[[f.stem == "00000" for f in files]].tolist() == [9], layout
+    classes = build_dataset(layouts["disk_folder"], "TRAIN", seed=0).sources[0].classes
+    assert classes[0] == "0_T-shirt_top" and classes[9] == "9_Ankle_boot" and len(classes) == 10
 
 
 @needs_fashion_mnist

@@ -25,7 +25,8 @@ def _mtimes(root: Path) -> dict:
 
 def test_small_prepare_writes_both_layouts(small_fmnist):
     root = small_fmnist
-    assert sorted(p.name for p in (root / "train").iterdir()) == list(CLASSES)
+    assert CLASSES[0] == "0_T-shirt_top" and CLASSES[9] == "9_Ankle_boot"
+    assert sorted(p.name for p in (root / "train").iterdir()) == list(CLASSES)  # sorted = id order
     for split, count in (("train", SMALL_TRAIN), ("test", SMALL_TEST)):
         pngs = sorted((root / split).glob("*/*.png"))
         assert len(pngs) == count
@@ -42,7 +43,7 @@ def test_small_prepare_writes_both_layouts(small_fmnist):
     assert manifest["layouts"] == ["disk_folder", "disk_filelist"]
     assert manifest["splits"]["train"]["num_images"] == SMALL_TRAIN
     assert manifest["splits"]["test"]["num_images"] == SMALL_TEST
-    assert manifest["classes"] == list(CLASSES)
+    assert manifest["classes"] == list(CLASSES) and "source_label_ids" not in manifest
     assert manifest["total_bytes"] == sum(p.stat().st_size for p in root.rglob("*")
                                           if p.is_file() and p.name not in (MANIFEST_NAME, LISTING_NAME))
 
@@ -52,7 +53,9 @@ def test_pngs_hold_the_exact_idx_pixels(small_fmnist):
     paths = np.load(small_fmnist / "test_images.npy")
     for rel in paths[::17]:
         index = int(Path(rel).stem)
-        decoded = np.asarray(Image.open(small_fmnist / rel))
+        with Image.open(small_fmnist / rel) as image:
+            assert image.format == "PNG" and image.mode == "L"
+            decoded = np.asarray(image)
         assert decoded.shape == (28, 28) and decoded.dtype == np.uint8
         np.testing.assert_array_equal(decoded, images[index])
 
@@ -77,6 +80,26 @@ def test_prepare_is_idempotent_and_redoes_changed_limits(tmp_path):
     manifest = prepare_dataset("fashion_mnist", root, limit_train=20, limit_test=10)
     assert manifest["splits"]["train"]["num_images"] == 20
     assert len(list((root / "train").glob("*/*.png"))) == 20  # no stale files from the 30-image run
+
+
+def test_directory_of_an_earlier_version_is_prepared_again(tmp_path):
+    root = prepare_fashion_mnist(tmp_path / "fm", limit_train=20, limit_test=10, register_catalog=False)
+    manifest = json.loads((root / MANIFEST_NAME).read_text())
+    current = dict(manifest["content"])
+    # as written before the class folders kept the original ids (sorted names, Ankle_boot = 0)
+    manifest["content"].pop("version")
+    manifest["content"]["label_order"] = "sorted_class_folders"
+    (root / MANIFEST_NAME).write_text(json.dumps(manifest))
+    stale = sorted((root / "train").glob("*/*.png"))[0]
+    stale.write_bytes(b"\0" * stale.stat().st_size)  # same size: verification alone cannot tell
+    verify_dataset(root)
+    with pytest.raises(FileNotFoundError, match="apt-get install"):  # not taken as prepared
+        prepare_fashion_mnist(root, source_dir=tmp_path / "no_raw_files", limit_train=20, limit_test=10,
+                              register_catalog=False)
+    prepare_fashion_mnist(root, limit_train=20, limit_test=10, register_catalog=False)
+    assert json.loads((root / MANIFEST_NAME).read_text())["content"] == current
+    with Image.open(stale) as image:  # written again
+        assert image.size == (28, 28)
 
 
 def test_verify_names_missing_and_resized_files(tmp_path):
