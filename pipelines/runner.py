@@ -34,6 +34,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from pipelines.console import progress_only
+
 # pipeline name -> module that defines a pipeline function of the same name
 PIPELINES: Dict[str, str] = {
     "ssl_pretrain_eval": "pipelines.ssl_pretrain_eval",
@@ -174,7 +176,8 @@ def pipeline_defaults(pipeline: Any) -> Dict[str, Any]:
     return defaults
 
 
-def run_pipeline(name: str, run_dir: Path, params: Dict[str, Any]) -> Dict[str, Any]:
+def run_pipeline(name: str, run_dir: Path, params: Dict[str, Any], *,
+                 verbose: bool = False) -> Dict[str, Any]:
     """Run pipeline ``name`` locally; write ``<run_dir>/results.json`` and return its content.
 
     Raises:
@@ -194,7 +197,8 @@ def run_pipeline(name: str, run_dir: Path, params: Dict[str, Any]) -> Dict[str, 
                                 category=RuntimeWarning)
         warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*",
                                 category=UserWarning)
-        task = pipeline(**params)
+        with progress_only(run_dir / "pipeline.log", verbose=verbose):
+            task = pipeline(**params)
     outputs = {key: artifact.path for key, artifact in task.outputs.items()}
     results: Dict[str, Any] = {"pipeline": name,
                                "parameters": {**pipeline_defaults(pipeline), **params},
@@ -210,13 +214,18 @@ def run_pipeline(name: str, run_dir: Path, params: Dict[str, Any]) -> Dict[str, 
     return results
 
 
-def cmd_run(name: str, run_dir: Optional[str], pairs: Sequence[str]) -> int:
+def cmd_run(name: str, run_dir: Optional[str], pairs: Sequence[str], verbose: bool = False) -> int:
     """Run one pipeline locally and print what a person needs: the table and where things are."""
+    from sslcore.report import format_headline_table
+
     params = parse_params(load_pipeline(name), pairs)
-    results = run_pipeline(name, Path(run_dir or f"runs/{name}"), params)
+    results = run_pipeline(name, Path(run_dir or f"runs/{name}"), params, verbose=verbose)
     print()
     if results.get("table"):
         print(results["table"])
+        print()
+    if results.get("rows"):
+        print(format_headline_table(results["rows"]))
         print()
     for key, path in results["outputs"].items():
         print(f"{key}: {path}")
@@ -241,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "(default runs/<name>)")
     run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                      help="a pipeline parameter; repeat for several (and for list items)")
+    run.add_argument("--verbose", action="store_true",
+                     help="echo every task's full log, not only progress lines")
     return parser
 
 
@@ -254,7 +265,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         if args.action == "compile":
             return cmd_compile(args.check)
-        return cmd_run(args.name, args.run_dir, args.param)
+        return cmd_run(args.name, args.run_dir, args.param, args.verbose)
     except UsageError as exc:
         print(f"sslcore pipelines: error: {exc}", file=sys.stderr)
         return 2

@@ -139,3 +139,38 @@ def format_metrics_table(rows: Iterable[Mapping[str, Any]], *, width: int = 100)
             parts = [(w[i] if i < len(w) else "").ljust(wd) for w, wd in zip(wrapped, widths)]
             lines.append(_GAP.join(parts).rstrip())
     return "\n".join(lines)
+
+
+_HEADLINE_PARAMS = {"knn": ("k", "T"), "linear": ("epochs",)}
+
+
+def format_headline_table(rows: Iterable[Mapping[str, Any]]) -> str:
+    """One line per model, one column per top-1 setting: the comparison a person reads first.
+
+    Columns are ``<benchmark> top-1`` with the protocol's defining parameters (k and T for kNN,
+    epochs for linear); the full parameters are in :func:`format_metrics_table`.
+
+    Args:
+        rows: metrics.json dicts with a ``model`` field, or flat rows (:func:`metrics_to_rows`).
+
+    Returns:
+        The table as text; "(no top-1 results)" when there are none.
+    """
+    flat = [r for r in metrics_to_rows(rows) if r.get("metric") == "top1"]
+    if not flat:
+        return "(no top-1 results)"
+    columns: List[str] = []
+    cells: Dict[str, Dict[str, str]] = {}
+    for row in flat:
+        keys = _HEADLINE_PARAMS.get(row["benchmark"], ())
+        params = row.get("params") or {}
+        label = f"{row['benchmark']} top-1" + "".join(f" {k}={params[k]}" for k in keys if k in params)
+        if label not in columns:
+            columns.append(label)
+        cells.setdefault(row["model"], {})[label] = format_value(row["value"], row.get("unit", ""))
+    table = [["model", *columns]] + [[m, *(c.get(col, "-") for col in columns)]
+                                     for m, c in cells.items()]
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    lines = [_GAP.join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table]
+    lines.insert(1, _GAP.join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -39,7 +39,7 @@ def test_feature_files_names_shapes_dtypes(fmnist_small, tmp_path):
                            for k in ("features", "targets", "inds"))
     for split, n in (("train", 512), ("test", 256)):
         labels = np.load(fmnist_small / f"{split}_labels.npy")
-        for layer, dim in (("res5avg", 128), ("res4", 64 * 2 * 2)):
+        for layer, dim in (("res5avg", 64), ("res4", 32 * 2 * 2)):
             feats, targets, inds = load_features(out, split, layer)
             assert feats.shape == (n, dim) and feats.dtype == np.float32
             assert targets.dtype == np.int64 and inds.dtype == np.int64
@@ -62,7 +62,7 @@ def test_extraction_uses_the_checkpoint(fmnist_small, tmp_path):
     # recompute the first test images by hand from the checkpoint's trunk weights
     state = torch.load(ckpt, weights_only=True)["classy_state_dict"]["base_model"]["model"]["trunk"]
     from sslcore.models.trunks.resnet import ResNeXt
-    trunk = ResNeXt(depth=18, width_multiplier=0.25, stem="small")
+    trunk = ResNeXt(depth=18, width_multiplier=0.125, stem="small")
     trunk.load_state_dict(state)
     trunk.eval()
     paths = np.load(fmnist_small / "test_images.npy")[:4]
