@@ -8,6 +8,7 @@
     sslcore benchmark linear --features DIR --out DIR [--layer res5avg]
     sslcore config show config=... [overrides]     print the resolved config
     sslcore config keys [PREFIX]                   every key with its type, default and meaning
+    sslcore k8s pytorchjob config=... --nodes 4 --gpus-per-node 8 --image IMG   (YAML for kubectl apply -f)
     sslcore pipelines compile | run NAME
 
 Errors in user input (config keys, paths, data) print one clear message and exit with code 2.
@@ -90,6 +91,21 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_k8s(args: argparse.Namespace) -> int:
+    """`sslcore k8s pytorchjob config=... --nodes N --gpus-per-node G --image IMG`: YAML to stdout."""
+    from sslcore.k8s.pytorchjob import render_pytorchjob_yaml
+
+    text = render_pytorchjob_yaml(args.overrides, name=args.name, image=args.image,
+                                  nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                                  namespace=args.namespace, secret_name=args.secret or None)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    else:
+        print(text, end="")
+    return 0
+
+
 def cmd_pipelines(args: argparse.Namespace) -> int:
     """`sslcore pipelines compile|run`: delegates to the project's pipelines package."""
     from pipelines import runner
@@ -125,6 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
     conf.add_argument("action", choices=("show", "keys"))
     conf.add_argument("rest", nargs=argparse.REMAINDER)
     conf.set_defaults(func=cmd_config)
+    k8s = sub.add_parser("k8s", help="render Kubernetes resources").add_subparsers(dest="kind", required=True)
+    job = k8s.add_parser("pytorchjob", help="a kubeflow.org/v1 PyTorchJob running `sslcore train`")
+    job.add_argument("overrides", nargs="*", help="config=... and config.KEY=VALUE overrides")
+    job.add_argument("--nodes", type=int, default=1)
+    job.add_argument("--gpus-per-node", type=int, default=1)
+    job.add_argument("--image", default="ghcr.io/sslcore/sslcore:0.1.0")
+    job.add_argument("--name", default="sslcore-pretrain")
+    job.add_argument("--namespace", default="default")
+    job.add_argument("--secret", default="sslcore-s3", help="Secret with the S3 settings ('' = none)")
+    job.add_argument("--out", default=None, help="write the YAML here instead of stdout")
+    job.set_defaults(func=cmd_k8s)
     pipes = sub.add_parser("pipelines", help="compile or run the Kubeflow pipelines", add_help=False)
     pipes.add_argument("rest", nargs=argparse.REMAINDER)
     pipes.set_defaults(func=cmd_pipelines)

@@ -1,0 +1,1 @@
+"""sslcore on Kubernetes: PyTorchJob rendering (and, next, launching) for multi-node training."""
