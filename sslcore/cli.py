@@ -11,7 +11,8 @@
     sslcore k8s pytorchjob config=... --nodes 4 --gpus-per-node 8 --image IMG   (YAML for kubectl apply -f)
     sslcore pipelines compile | run NAME
 
-Errors in user input (config keys, paths, data) print one clear message and exit with code 2.
+Errors in user input (config keys, paths, data) print one clear message and exit with code 2
+(set SSLCORE_DEBUG=1 for the traceback).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import List, Optional, Sequence
 
@@ -164,6 +166,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return args.func(args)
     except (ValueError, KeyError, FileNotFoundError) as exc:
+        if os.environ.get("SSLCORE_DEBUG"):
+            raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"sslcore: error: {message}", file=sys.stderr)
         return 2
