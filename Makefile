@@ -13,12 +13,16 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TORCH_PINS := torch==2.14.1 torchvision==0.29.2
 RUN_DIR ?= runs/make-run
 
-.PHONY: install data run test test-fast bench compile clean help
+IMAGE ?= ghcr.io/sslcore/sslcore
+IMAGE_TAG ?= 0.1.0
+
+.PHONY: install data run test test-fast compile images push-images clean help
 
 help:
 	@echo "make run      install, then run the ssl_pretrain_eval pipeline on Fashion-MNIST and print results"
 	@echo "make test     install, then run the test suite"
 	@echo "make compile  recompile the pipelines' YAML"
+	@echo "make images   build the runtime images (needs a Docker engine); make push-images pushes them"
 
 install: $(STAMP)
 
@@ -45,6 +49,14 @@ test-fast: install data
 
 compile: install
 	$(BIN)/sslcore pipelines compile
+
+images:
+	docker build -f images/Dockerfile -t $(IMAGE):$(IMAGE_TAG) .
+	docker build -f images/Dockerfile.cpu -t $(IMAGE):$(IMAGE_TAG)-cpu .
+
+push-images: images
+	docker push $(IMAGE):$(IMAGE_TAG)
+	docker push $(IMAGE):$(IMAGE_TAG)-cpu
 
 clean:
 	rm -rf runs .pytest_cache
