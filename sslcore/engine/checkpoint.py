@@ -95,6 +95,14 @@ def model_state(model: nn.Module) -> Dict[str, Any]:
     return {"model": {"trunk": trunk, "heads": heads}, "meta": {}}
 
 
+def flat_model_state(base_model: Dict[str, Any]) -> Dict[str, Any]:
+    """Inverse of :func:`model_state`: ``{"model": {"trunk", "heads"}}`` to ``trunk.*``/``heads.*`` keys."""
+    model = base_model["model"]
+    flat = {f"trunk.{k}": v for k, v in model.get("trunk", {}).items()}
+    flat.update({f"heads.{k}": v for k, v in model.get("heads", {}).items()})
+    return flat
+
+
 def save_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
                     method_state: Dict[str, Any], phase_idx: int, iteration: int,
                     phase_complete: bool, iteration_in_phase: int, config: Dict[str, Any],
@@ -165,10 +173,7 @@ def _extract_state(checkpoint: Dict[str, Any], key_name: str) -> Dict[str, Any]:
         )
     state = checkpoint[key_name]
     if key_name == "classy_state_dict":
-        base = state["base_model"]["model"]
-        flat = {f"trunk.{k}": v for k, v in base.get("trunk", {}).items()}
-        flat.update({f"heads.{k}": v for k, v in base.get("heads", {}).items()})
-        return flat
+        return flat_model_state(state["base_model"])
     return state
 
 

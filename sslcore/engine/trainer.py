@@ -149,11 +149,7 @@ def restore(task: TrainTask) -> None:
         return
     state = ckpt.load_checkpoint(path)
     classy = state["classy_state_dict"]
-    model = ckpt.unwrap(task.model)
-    base = classy["base_model"]["model"]
-    flat = {f"trunk.{k}": v for k, v in base["trunk"].items()}
-    flat.update({f"heads.{k}": v for k, v in base["heads"].items()})
-    model.load_state_dict(flat)
+    ckpt.unwrap(task.model).load_state_dict(ckpt.flat_model_state(classy["base_model"]))
     task.optimizer.load_state_dict(classy["optimizer"])
     task.method.load_state_dict(classy.get("loss") or {})
     if task.scaler is not None and classy.get("amp"):
@@ -178,8 +174,9 @@ def _to_device(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
 
 def train_step(task: TrainTask, batch: Dict[str, Any]) -> None:
     """One update: forward, loss, backward, optimizer step, with the hook points between."""
-    batch = _to_device(batch, task.device)
+    # counted on the CPU copy: no device sync per step
     task.last_batch_images = int(batch["data_idx"].unique().numel()) * get_world_size()
+    batch = _to_device(batch, task.device)
     task.num_skipped += int(batch.get("num_skipped", 0))
     amp_dtype = torch.float16 if task.scaler is not None else None
     with torch.autocast(task.device.type, dtype=amp_dtype, enabled=task.scaler is not None):
