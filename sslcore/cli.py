@@ -59,18 +59,23 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    """`sslcore benchmark knn|linear --features DIR --out DIR`."""
+    """`sslcore benchmark knn|linear --features DIR --out DIR` (either may be ``s3://``)."""
+    from sslcore.engine.remote import fetch_dir, push_dir, staging_dir
     from sslcore.report import format_metrics_table
+    from sslcore.storage import is_remote
 
+    features, out = fetch_dir(args.features), staging_dir(args.out)
     if args.benchmark == "knn":
         from sslcore.benchmarks.knn import run_knn_benchmark
 
-        metrics = run_knn_benchmark(args.features, args.out, layer=args.layer)
+        metrics = run_knn_benchmark(features, out, layer=args.layer)
     else:
         from sslcore.benchmarks.linear import run_linear_benchmark
 
         kwargs = {"epochs": args.epochs} if args.epochs else {}
-        metrics = run_linear_benchmark(args.features, args.out, layer=args.layer, **kwargs)
+        metrics = run_linear_benchmark(features, out, layer=args.layer, **kwargs)
+    if is_remote(args.out):
+        push_dir(out, args.out)
     print(format_metrics_table([{**metrics, "model": args.model_name}]))
     return 0
 
@@ -133,8 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     prep.set_defaults(func=cmd_data_prepare)
     bench = sub.add_parser("benchmark", help="evaluate extracted features")
     bench.add_argument("benchmark", choices=("knn", "linear"))
-    bench.add_argument("--features", required=True, help="directory of <split>_<layer>_*.npy")
-    bench.add_argument("--out", required=True, help="where metrics.json goes")
+    bench.add_argument("--features", required=True,
+                       help="directory or s3:// prefix of <split>_<layer>_*.npy")
+    bench.add_argument("--out", required=True, help="where metrics.json goes (directory or s3://)")
     bench.add_argument("--layer", default="res5avg")
     bench.add_argument("--epochs", type=int, default=None, help="linear only")
     bench.add_argument("--model-name", default="features", help="label in the printed table")
@@ -160,12 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _storage_error() -> type:
+    """sslcore.storage's error class, imported only when an exception is being handled."""
+    from sslcore.storage import StorageError
+
+    return StorageError
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point; returns the exit code (2 for user errors, with one clear message)."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
+    except (ValueError, KeyError, FileNotFoundError, _storage_error()) as exc:
         if os.environ.get("SSLCORE_DEBUG"):
             raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

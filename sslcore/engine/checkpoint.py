@@ -74,7 +74,8 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
             os.unlink(tmp)
 
 
-def _point_latest(ckpt_dir: Path, target: Path) -> None:
+def point_latest(ckpt_dir: Path, target: Path) -> None:
+    """Atomically replace the ``checkpoint.torch`` symlink in ``ckpt_dir`` by one to ``target``."""
     tmp = ckpt_dir / f".{LATEST}.tmp"
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()
@@ -131,7 +132,7 @@ def save_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Opti
         },
     }
     atomic_torch_save(payload, path)
-    _point_latest(path.parent, path)
+    point_latest(path.parent, path)
     log.info("saved checkpoint %s (phase %d, iteration %d)", path, phase_idx, iteration)
     return path
 
@@ -184,7 +185,7 @@ def init_model_from_weights(model: nn.Module, params_file: str, *,
     """Load weights into ``model`` following VISSL's MODEL.WEIGHTS_INIT semantics.
 
     Keys are matched by name after REMOVE_PREFIX then APPEND_PREFIX; keys containing a
-    SKIP_LAYERS entry are skipped; shapes must agree.
+    SKIP_LAYERS entry are skipped; shapes must agree. ``params_file`` may be an ``s3://`` URI.
 
     Returns:
         ``{"loaded": [...], "skipped": [...], "missing": [...], "unexpected": [...]}`` (logged).
@@ -192,7 +193,10 @@ def init_model_from_weights(model: nn.Module, params_file: str, *,
     Raises:
         ValueError: a shape mismatch, or nothing at all matched (names the first keys on both sides).
     """
-    state = _extract_state(load_checkpoint(Path(params_file)), state_dict_key_name)
+    from sslcore.storage import cache_dir, copy_to_local
+
+    local = copy_to_local(params_file, cache_dir("weights"))  # s3:// files are downloaded first
+    state = _extract_state(load_checkpoint(local), state_dict_key_name)
     own = unwrap(model).state_dict()
     skip = list(skip_layers or [])
     renamed = {}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Union
 
 import numpy as np
 import torch
@@ -22,7 +22,9 @@ from omegaconf import DictConfig
 
 from sslcore.config.schema import Key, declare
 from sslcore.engine import checkpoint as ckpt
-from sslcore.engine.distributed import get_rank, get_world_size, is_primary
+from sslcore.engine.distributed import barrier, get_rank, get_world_size, is_primary
+from sslcore.engine.remote import push_dir, staging_dir
+from sslcore.storage import is_remote, join_uri
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +82,14 @@ def _gather(part: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     return {k: v[first] for k, v in merged.items()}
 
 
-def extract_features(cfg: DictConfig, device: torch.device) -> Path:
+def extract_features(cfg: DictConfig, device: torch.device) -> Union[Path, str]:
     """Extract features for every configured split; return the output directory.
 
+    EXTRACT_FEATURES.OUTPUT_DIR (default CHECKPOINT.DIR/features) may be ``s3://``: files are
+    written to its staging directory, then uploaded, and the URI is returned.
+
     Raises:
+        StorageError: the output prefix cannot be written.
         ValueError: no split has data configured.
     """
     from sslcore.benchmarks.features import save_features
@@ -92,7 +98,8 @@ def extract_features(cfg: DictConfig, device: torch.device) -> Path:
     splits = _splits(cfg)
     if not splits:
         raise ValueError("feature extraction needs DATA.TRAIN.DATA_PATHS and/or DATA.TEST.DATA_PATHS")
-    out_dir = Path(cfg.EXTRACT_FEATURES.OUTPUT_DIR or Path(cfg.CHECKPOINT.DIR) / "features")
+    out = str(cfg.EXTRACT_FEATURES.OUTPUT_DIR or join_uri(str(cfg.CHECKPOINT.DIR), "features"))
+    out_dir = staging_dir(out)
     torch.manual_seed(int(cfg.SEED_VALUE))
     model = build_model(cfg.MODEL).to(device)
     w = cfg.MODEL.WEIGHTS_INIT
@@ -113,6 +120,12 @@ def extract_features(cfg: DictConfig, device: torch.device) -> Path:
                 layer = key[len("feat:"):]
                 save_features(out_dir, split.lower(), layer, value, arrays["targets"], arrays["inds"])
                 log.info("wrote %s %s features %s to %s", split.lower(), layer, value.shape, out_dir)
+    if is_remote(out):
+        if is_primary():
+            push_dir(out_dir, out)
+            log.info("uploaded features to %s", out)
+        barrier()
+        return out
     return out_dir
 
 

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict, Sequence, Union
 
 import torch
 from omegaconf import DictConfig
@@ -24,6 +24,9 @@ from sslcore.engine.distributed import (
     select_device,
     shutdown_distributed,
 )
+
+from sslcore.engine.remote import staging_dir
+from sslcore.storage import is_remote, join_uri, upload_file
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +58,22 @@ def resolve(overrides: Sequence[str], engine_name: str = "train") -> DictConfig:
     return cfg
 
 
-def run_engine(overrides: Sequence[str], engine_name: str = "train") -> Path:
+def run_engine(overrides: Sequence[str], engine_name: str = "train") -> Union[Path, str]:
     """Run ``engine_name`` with the config composed from ``overrides``.
+
+    CHECKPOINT.DIR and EXTRACT_FEATURES.OUTPUT_DIR may be ``s3://`` URIs: the engine then works
+    in a local staging directory and uploads (:mod:`sslcore.engine.remote`).
 
     Args:
         overrides: e.g. ``["config=pretrain/simclr/quick_simclr", "config.OPTIMIZER.num_epochs=2"]``.
         engine_name: ``"train"`` (returns the final checkpoint) or ``"extract_features"``
             (returns the features directory).
 
+    Returns:
+        A local path, or the ``s3://`` URI of the result when its directory is remote.
+
     Raises:
+        StorageError: an ``s3://`` directory cannot be read or written.
         ValueError: unknown engine, or any config error (ConfigError is a ValueError).
     """
     engines: Dict[str, Callable[[DictConfig, torch.device], Path]] = _engines()
@@ -75,12 +85,26 @@ def run_engine(overrides: Sequence[str], engine_name: str = "train") -> Path:
     init_distributed(device, cfg.DISTRIBUTED.BACKEND)
     try:
         if is_primary():
-            path = Path(cfg.CHECKPOINT.DIR) / _CONFIG_FILE[engine_name]
+            path = staging_dir(str(cfg.CHECKPOINT.DIR)) / _CONFIG_FILE[engine_name]
             save_config(cfg, path)
             log.info("resolved config saved to %s", path)
-        return engines[engine_name](cfg, device)
+        result = engines[engine_name](cfg, device)
+        return _publish(cfg, engine_name, result)
     finally:
         shutdown_distributed()
+
+
+def _publish(cfg: DictConfig, engine_name: str, result: Union[Path, str]) -> Union[Path, str]:
+    """Upload the resolved config of a remote run dir; map a staged checkpoint to its URI."""
+    run_dir = str(cfg.CHECKPOINT.DIR)
+    if not is_remote(run_dir):
+        return result
+    if is_primary():
+        name = _CONFIG_FILE[engine_name]
+        upload_file(staging_dir(run_dir) / name, join_uri(run_dir, name))
+    if engine_name == "train":
+        return join_uri(run_dir, Path(result).name)
+    return result
 
 
 def _engines() -> Dict[str, Callable[[DictConfig, torch.device], Path]]:

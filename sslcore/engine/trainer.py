@@ -8,6 +8,7 @@ methods lives in the method object (:mod:`sslcore.methods`), what happens around
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from torch import nn
 
 from sslcore.config.schema import Key, declare
 from sslcore.engine import checkpoint as ckpt
-from sslcore.engine.distributed import get_rank, get_world_size
+from sslcore.engine.distributed import barrier, get_rank, get_world_size
 from sslcore.engine.hooks import Hook, hook_names, run_hooks
 from sslcore.optim.optimizer import build_optimizer
 from sslcore.optim.schedulers import build_param_scheduler
@@ -95,7 +96,11 @@ def seed_everything(seed: int) -> None:
 
 
 def build_task(cfg: DictConfig, device: torch.device) -> TrainTask:
-    """Build model, method, optimizer, schedule and data loader from a resolved config."""
+    """Build model, method, optimizer, schedule and data loader from a resolved config.
+
+    ``task.ckpt_dir`` is CHECKPOINT.DIR, or its local staging directory when it is ``s3://``.
+    """
+    from sslcore.engine.remote import staging_dir
     from sslcore.data import build_dataloader, build_dataset
     from sslcore.losses import build_loss
     from sslcore.methods import get_method_class
@@ -137,7 +142,7 @@ def build_task(cfg: DictConfig, device: torch.device) -> TrainTask:
         )
     return TrainTask(cfg=cfg, device=device, model=model, method=method, optimizer=optimizer,
                      lr_schedule=lr_schedule, loader=loader, scaler=scaler,
-                     ckpt_dir=Path(cfg.CHECKPOINT.DIR), num_phases=int(cfg.OPTIMIZER.num_epochs),
+                     ckpt_dir=staging_dir(str(cfg.CHECKPOINT.DIR)), num_phases=int(cfg.OPTIMIZER.num_epochs),
                      iters_per_phase=len(loader))
 
 
@@ -213,15 +218,32 @@ def train_step(task: TrainTask, batch: Dict[str, Any]) -> None:
 def train(cfg: DictConfig, device: torch.device, extra_hooks: Optional[List[Hook]] = None) -> Path:
     """Pretrain per ``cfg`` (resolved) and return the final checkpoint's path.
 
+    With an ``s3://`` CHECKPOINT.DIR the run works in a local staging directory: the remote
+    latest checkpoint is pulled first (AUTO_RESUME in a fresh pod) and every checkpoint, log and
+    TensorBoard event file is uploaded as it appears (:mod:`sslcore.engine.remote`). The returned
+    path is then the staging copy of the final checkpoint.
+
     Raises:
+        StorageError: the object store cannot be read or written (named in the message).
         FloatingPointError: the loss became NaN/inf (the last checkpoint stays usable).
         ValueError: the data gives no batch.
     """
     from sslcore.data import set_loader_epoch
     from sslcore.engine.standard_hooks import default_hooks
 
+    from sslcore.engine.remote import RemoteSyncHook, pull_latest
+    from sslcore.storage import is_remote
+
     task = build_task(cfg, device)
-    task.hooks = [task.method] + default_hooks(cfg) + list(extra_hooks or [])
+    task.hooks = [task.method] + default_hooks(cfg)
+    remote = str(cfg.CHECKPOINT.DIR)
+    if is_remote(remote):
+        if cfg.CHECKPOINT.AUTO_RESUME and not cfg.CHECKPOINT.OVERWRITE_EXISTING:
+            if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # one download per node
+                pull_latest(remote, task.ckpt_dir)
+            barrier()
+        task.hooks.append(RemoteSyncHook(task.ckpt_dir, remote))
+    task.hooks += list(extra_hooks or [])
     restore(task)
     log.info("hooks: %s", ", ".join(hook_names(task.hooks)))
     run_hooks(task.hooks, "on_start", task)

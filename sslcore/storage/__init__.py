@@ -10,6 +10,8 @@ from sslcore.storage.s3 import (
 )
 from sslcore.storage.settings import S3Settings, load_s3_settings
 from sslcore.storage.uris import (
+    cache_dir,
+    local_mirror,
     copy_to_local,
     download_dir,
     download_file,
@@ -26,7 +28,8 @@ from sslcore.storage.uris import (
 
 __all__ = [
     "DEFAULT_PART_SIZE", "LATEST_POINTER_NAME", "BucketNotFoundError", "S3Settings",
-    "StorageAuthError", "StorageError", "StorageUnavailableError", "copy_to_local",
+    "StorageAuthError", "StorageError", "StorageUnavailableError", "cache_dir", "copy_to_local",
+    "local_mirror",
     "download_dir", "download_file", "exists", "is_remote", "join_uri", "list_uris",
     "load_s3_settings", "parse_s3_uri", "read_bytes", "read_latest_pointer", "upload_dir",
     "upload_file", "write_bytes", "write_latest_pointer",

@@ -162,6 +162,31 @@ def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def cache_dir(*parts: str) -> Path:
+    """sslcore's local cache: ``$SSLCORE_CACHE_DIR`` or ``~/.cache/sslcore``, joined with ``parts``.
+
+    Remote checkpoints, features and run directories are staged here. The directory is created.
+    """
+    root = Path(os.environ.get("SSLCORE_CACHE_DIR") or Path.home() / ".cache" / "sslcore")
+    out = root.joinpath(*parts)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def local_mirror(uri: str) -> Path:
+    """The fixed local directory that stages the remote prefix ``uri`` (created).
+
+    ``s3://bucket/a/b`` maps to ``cache_dir("mirror", "bucket", "a", "b")``, so a restarted
+    process finds its own staging directory again.
+
+    Raises:
+        ValueError: ``uri`` is not an ``s3://`` URI.
+    """
+    bucket, key = parse_s3_uri(uri)
+    parts = [p for p in key.split("/") if p and p not in (".", "..")]
+    return cache_dir("mirror", bucket, *parts)
+
+
 def copy_to_local(uri_or_path: str | os.PathLike, cache_dir: str | os.PathLike) -> Path:
     """Return a local path for ``uri_or_path``, downloading remote objects into ``cache_dir``.
 
