@@ -3,6 +3,7 @@
     sslcore train config=pretrain/simclr/quick_simclr config.OPTIMIZER.num_epochs=2 +config.NEW_KEY=1
     sslcore train config=... engine_name=extract_features       (same as `sslcore extract ...`)
     sslcore extract config=... config.MODEL.WEIGHTS_INIT.PARAMS_FILE=ckpt.torch
+    sslcore clusterfit config=pretrain/clusterfit/quick_cluster_features   (ClusterFit step 1: k-means labels)
     sslcore data prepare fashion_mnist --out DIR
     sslcore benchmark knn --features DIR --out DIR [--layer res5avg]
     sslcore benchmark linear --features DIR --out DIR [--layer res5avg]
@@ -104,7 +105,9 @@ def cmd_k8s(args: argparse.Namespace) -> int:
 
     text = render_pytorchjob_yaml(args.overrides, name=args.name, image=args.image,
                                   nodes=args.nodes, gpus_per_node=args.gpus_per_node,
-                                  namespace=args.namespace, secret_name=args.secret or None)
+                                  namespace=args.namespace, secret_name=args.secret or None,
+                                  dataset_pvc=args.dataset_pvc or None,
+                                  dataset_mount=args.dataset_mount)
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)
@@ -125,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sslcore", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, engine in (("train", "train"), ("extract", "extract_features")):
+    for name, engine in (("train", "train"), ("extract", "extract_features"),
+                         ("clusterfit", "extract_cluster")):
         p = sub.add_parser(name, help=f"run the {engine} engine with VISSL-style overrides")
         p.add_argument("overrides", nargs=argparse.REMAINDER)
         p.set_defaults(func=lambda a, e=engine: cmd_engine(a, e))
@@ -158,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--name", default="sslcore-pretrain")
     job.add_argument("--namespace", default="default")
     job.add_argument("--secret", default="sslcore-s3", help="Secret with the S3 settings ('' = none)")
+    job.add_argument("--dataset-pvc", default="",
+                     help="PersistentVolumeClaim with the datasets, mounted read-only ('' = none)")
+    job.add_argument("--dataset-mount", default="/datasets", help="where the dataset PVC is mounted")
     job.add_argument("--out", default=None, help="write the YAML here instead of stdout")
     job.set_defaults(func=cmd_k8s)
     pipes = sub.add_parser("pipelines", help="compile or run the Kubeflow pipelines", add_help=False)

@@ -4,6 +4,9 @@ from pathlib import Path
 
 import pytest
 
+# the real S3 server on loopback (rclone serve s3), for storage, pipeline and k8s tests
+from s3_server import free_port, make_s3_server, s3_env, s3_server, set_s3_env  # noqa: F401
+
 
 @pytest.fixture(autouse=True)
 def _isolated_catalog(tmp_path_factory, monkeypatch):

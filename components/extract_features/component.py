@@ -16,6 +16,7 @@ def extract_features(
     config: str = "",
     overrides: Optional[List[str]] = None,
     checkpoint: Optional[Input[Model]] = None,
+    checkpoint_uri: str = "",
 ):
     """Write the features a benchmark reads, from one of three models.
 
@@ -36,12 +37,15 @@ def extract_features(
             MODEL.TRUNK must match the checkpoint's); unused for "raw_pixels".
         overrides: more VISSL-style overrides (the trunk overrides pretraining got, so the trunk
             still matches); the data paths, weights and eval settings are set here and win.
-        checkpoint: the pretrain output (directory with ``metadata["checkpoint_file"]``); required
-            for "checkpoint", must be absent otherwise.
+        checkpoint: the pretrain output (directory with ``metadata["checkpoint_file"]``).
+        checkpoint_uri: instead of ``checkpoint``, an existing checkpoint file: ``s3://`` URI or
+            path (the ssl_benchmark pipeline). "checkpoint" needs exactly one of the two; the
+            other sources take neither.
 
     Raises:
-        ValueError: unknown ``source``, a missing ``checkpoint`` or ``config``, or a
-            ``checkpoint`` given with another source.
+        ValueError: unknown ``source``, a missing ``config``, or ``checkpoint``/``checkpoint_uri``
+            not given exactly once for "checkpoint" (or given with another source).
+        StorageError: ``checkpoint_uri`` cannot be read from object storage.
     """
     import glob
     import os
@@ -49,10 +53,13 @@ def extract_features(
     sources = ("checkpoint", "random_init", "raw_pixels")
     if source not in sources:
         raise ValueError(f"source={source!r} is unknown; use one of {', '.join(sources)}")
-    if (source == "checkpoint") != (checkpoint is not None):
-        raise ValueError("pass the pretrain Model artifact as `checkpoint` when (and only when) "
-                         f"source='checkpoint'; got source={source!r} and "
-                         f"checkpoint={'set' if checkpoint is not None else 'absent'}")
+    given = (checkpoint is not None) + bool(checkpoint_uri)
+    if given != (1 if source == "checkpoint" else 0):
+        raise ValueError("pass the pretrain Model artifact as `checkpoint`, or a checkpoint file "
+                         "as `checkpoint_uri`, when (and only when) source='checkpoint'; got "
+                         f"source={source!r}, checkpoint="
+                         f"{'set' if checkpoint is not None else 'absent'}, "
+                         f"checkpoint_uri={checkpoint_uri!r}")
     os.makedirs(features.path, exist_ok=True)
     if source == "raw_pixels":
         from sslcore.engine.extract import extract_raw_pixel_features
@@ -63,7 +70,7 @@ def extract_features(
 
         if not config:
             raise ValueError(f"source={source!r} needs `config`, the feature extraction recipe")
-        weights = ""
+        weights = checkpoint_uri
         if checkpoint is not None:
             name = checkpoint.metadata.get("checkpoint_file", "checkpoint.torch")
             weights = os.path.join(checkpoint.path, name)

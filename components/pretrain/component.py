@@ -1,4 +1,4 @@
-"""pretrain: self-supervised pretraining of a trunk on the dataset artifact (in-pod, one node)."""
+"""pretrain: self-supervised pretraining of a trunk: in-pod on one node, a PyTorchJob on several."""
 
 from typing import List, Optional
 
@@ -14,39 +14,91 @@ def pretrain(
     config: str,
     model: Output[Model],
     overrides: Optional[List[str]] = None,
+    num_nodes: int = 1,
+    gpus_per_node: int = 0,
+    checkpoint_uri: str = "",
+    dataset_pvc: str = "",
+    dataset_mount: str = "/datasets",
+    image: str = "",
+    namespace: str = "",
+    job_timeout_s: int = 604800,
+    job_poll_s: float = 10.0,
 ):
     """Run the ``train`` engine with a VISSL recipe on the dataset; the checkpoint dir is output.
 
-    Adapter for ``sslcore.engine.launcher.run_engine(..., engine_name="train")``.
+    Adapter for ``sslcore.engine.launcher.run_engine(..., engine_name="train")`` (one node, in
+    this pod) or ``sslcore.k8s.stage.pretrain_on_cluster`` (``num_nodes`` > 1: a PyTorchJob with
+    a Master and ``num_nodes - 1`` Workers, followed until Succeeded or Failed, then deleted).
 
     Args:
         dataset: directory in disk_filelist layout (``{train,test}_{images,labels}.npy``), as
             written by data_copy.
         config: the recipe, e.g. ``pretrain/simclr/simclr_fashion_mnist_cpu``
             (``sslcore/config/<name>.yaml`` or a path).
-        model: output directory = CHECKPOINT.DIR: the VISSL-format checkpoints
-            (``model_final_checkpoint_phase<N>.torch`` and the others, torch.load with
-            weights_only=True), ``train_config.yaml`` (the resolved config) and ``stdout.json``
-            (JSON lines: iteration, phase_idx, loss, lr, images_per_sec, ...). Metadata
-            ``checkpoint_file`` names the final checkpoint, relative to the directory.
+        model: output directory: the final VISSL-format checkpoint (metadata ``checkpoint_file``
+            names it; torch.load with weights_only=True), ``train_config.yaml`` (the resolved
+            config) and ``stdout.json`` (JSON lines: iteration, phase_idx, loss, lr,
+            images_per_sec, ...). In-pod without ``checkpoint_uri`` it is CHECKPOINT.DIR itself.
         overrides: more VISSL-style overrides (``config.OPTIMIZER.num_epochs=1``), applied after
             the recipe; the data paths and CHECKPOINT.DIR are set here and win.
+        num_nodes: machines; > 1 runs a PyTorchJob (needs ``checkpoint_uri`` and ``dataset_pvc``).
+        gpus_per_node: GPUs (= processes) per PyTorchJob pod; 0: one CPU process per pod.
+        checkpoint_uri: ``s3://`` run directory for the checkpoints (CHECKPOINT.DIR): a restarted
+            pod or job resumes from its ``checkpoint.latest``; metadata ``checkpoint_uri`` then
+            names the final checkpoint there. Empty: checkpoints stay in ``model``.
+        dataset_pvc: PersistentVolumeClaim shared with the PyTorchJob, mounted read-write in this
+            pod at ``dataset_mount`` (kfp-kubernetes mount_pvc); the dataset is copied there.
+        dataset_mount: where ``dataset_pvc`` is mounted, in this pod and in the job's pods.
+        image: the job's image; empty: the image of this component.
+        namespace: the job's namespace; empty: this pod's.
+        job_timeout_s: seconds to wait for the PyTorchJob (default one week).
+        job_poll_s: seconds between two reads of the job's status.
+
+    Raises:
+        ValueError: ``num_nodes`` > 1 without ``checkpoint_uri`` (s3://) or ``dataset_pvc``.
+        RuntimeError: the PyTorchJob failed; the message is the job's.
+        TimeoutError: the PyTorchJob ran past ``job_timeout_s``.
     """
     import os
 
     from sslcore.engine.launcher import run_engine
+    from sslcore.storage import is_remote
 
     os.makedirs(model.path, exist_ok=True)
-    train = os.path.join(dataset.path, "train")
-    final = run_engine(
-        [f"config={config}", *(overrides or []),
-         "config.DATA.TRAIN.DATA_SOURCES=[disk_filelist]",
-         f"config.DATA.TRAIN.DATA_PATHS=[{train}_images.npy]",
-         "config.DATA.TRAIN.LABEL_SOURCES=[disk_filelist]",
-         f"config.DATA.TRAIN.LABEL_PATHS=[{train}_labels.npy]",
-         f"config.CHECKPOINT.DIR={model.path}"],
-        engine_name="train",
-    )
+    data_dir = dataset.path
+    job = None
+    if num_nodes > 1:
+        from sslcore.k8s.stage import job_name, stage_dataset
+
+        if not dataset_pvc:
+            raise ValueError("num_nodes > 1 needs dataset_pvc: the PyTorchJob's pods read the "
+                             "dataset from a shared PersistentVolumeClaim (manifests/base/datasets)")
+        job = job_name()
+        data_dir = str(stage_dataset(dataset.path, os.path.join(dataset_mount, job)))
+    train = os.path.join(data_dir, "train")
+    args = [f"config={config}", *(overrides or []),
+            "config.DATA.TRAIN.DATA_SOURCES=[disk_filelist]",
+            f"config.DATA.TRAIN.DATA_PATHS=[{train}_images.npy]",
+            "config.DATA.TRAIN.LABEL_SOURCES=[disk_filelist]",
+            f"config.DATA.TRAIN.LABEL_PATHS=[{train}_labels.npy]"]
+    if job is not None:
+        from components import SSLCORE_IMAGE as default_image
+        from sslcore.k8s.stage import pretrain_on_cluster
+
+        final = pretrain_on_cluster(args, checkpoint_uri=checkpoint_uri, nodes=num_nodes,
+                                    gpus_per_node=gpus_per_node, image=image or default_image,
+                                    dataset_pvc=dataset_pvc, dataset_mount=dataset_mount,
+                                    namespace=namespace or None, timeout_s=job_timeout_s,
+                                    poll_s=job_poll_s, name=job)
+    else:
+        final = run_engine([*args, f"config.CHECKPOINT.DIR={checkpoint_uri or model.path}"],
+                           engine_name="train")
+    final = str(final)
+    if is_remote(final):
+        from sslcore.k8s.stage import fetch_run
+
+        fetch_run(final, model.path)
+        model.metadata["checkpoint_uri"] = final
     model.metadata["checkpoint_file"] = os.path.basename(final)
     model.metadata["config"] = config
     model.metadata["framework"] = "pytorch"

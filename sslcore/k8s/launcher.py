@@ -13,6 +13,7 @@ state is its last condition whose status is ``"True"``. A restarted master pod
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -54,7 +55,8 @@ def run_pytorchjob(job: Any, *, client: Optional[Any] = None, timeout_s: float,
     if client is None:
         from kubeflow.training import TrainingClient
 
-        client = TrainingClient()
+        # KUBECONFIG read now (the kubernetes package reads it once, at import); else in-cluster
+        client = TrainingClient(config_file=os.environ.get("KUBECONFIG") or None)
     name = job.metadata.name
     namespace = job.metadata.namespace or client.namespace
     label = f"PyTorchJob {namespace}/{name}"

@@ -20,7 +20,7 @@ SHM_SIZE = "16Gi"
 
 
 def _container(image: str, args: List[str], gpus_per_node: int, secret_name: Optional[str],
-               cpu: str, memory: str) -> Dict[str, Any]:
+               cpu: str, memory: str, dataset_mount: Optional[str]) -> Dict[str, Any]:
     from kubernetes.client import (V1Container, V1EnvFromSource, V1ResourceRequirements,
                                    V1SecretEnvSource, V1VolumeMount)
 
@@ -32,14 +32,17 @@ def _container(image: str, args: List[str], gpus_per_node: int, secret_name: Opt
         name="pytorch", image=image, image_pull_policy="IfNotPresent",
         command=["torchrun"], args=args, env_from=env_from,
         resources=V1ResourceRequirements(limits=limits, requests={"cpu": cpu, "memory": memory}),
-        volume_mounts=[V1VolumeMount(name="dshm", mount_path="/dev/shm")],
+        volume_mounts=[V1VolumeMount(name="dshm", mount_path="/dev/shm")] + (
+            [V1VolumeMount(name="datasets", mount_path=dataset_mount, read_only=True)]
+            if dataset_mount else []),
     )
 
 
 def build_pytorchjob(overrides: Sequence[str], *, name: str, image: str, nodes: int,
                      gpus_per_node: int, namespace: str = "default",
                      secret_name: Optional[str] = "sslcore-s3", cpu: str = "8",
-                     memory: str = "64Gi", backoff_limit: int = 3) -> Any:
+                     memory: str = "64Gi", backoff_limit: int = 3,
+                     dataset_pvc: Optional[str] = None, dataset_mount: str = "/datasets") -> Any:
     """Build the PyTorchJob as a kubeflow-training SDK model.
 
     Args:
@@ -55,6 +58,8 @@ def build_pytorchjob(overrides: Sequence[str], *, name: str, image: str, nodes: 
         cpu, memory: per-pod requests and limits.
         backoff_limit: pod restarts before the job fails; a restarted pod resumes from the last
             checkpoint in CHECKPOINT.DIR (AUTO_RESUME).
+        dataset_pvc: a PersistentVolumeClaim holding the datasets, mounted read-only at
+            ``dataset_mount`` in every pod (manifests/base/datasets); None: no volume.
 
     Returns:
         ``KubeflowOrgV1PyTorchJob``.
@@ -64,7 +69,8 @@ def build_pytorchjob(overrides: Sequence[str], *, name: str, image: str, nodes: 
         ConfigError: an override the schema refuses (a ValueError).
     """
     from kubeflow.training import models
-    from kubernetes.client import (V1EmptyDirVolumeSource, V1ObjectMeta, V1PodSpec,
+    from kubernetes.client import (V1EmptyDirVolumeSource, V1ObjectMeta,
+                                   V1PersistentVolumeClaimVolumeSource, V1PodSpec,
                                    V1PodTemplateSpec, V1Volume)
 
     if nodes < 1 or gpus_per_node < 0:
@@ -84,9 +90,12 @@ def build_pytorchjob(overrides: Sequence[str], *, name: str, image: str, nodes: 
         metadata=V1ObjectMeta(labels={"app.kubernetes.io/name": "sslcore",
                                       "app.kubernetes.io/component": "pretrain"}),
         spec=V1PodSpec(
-            containers=[_container(image, args, gpus_per_node, secret_name, cpu, memory)],
+            containers=[_container(image, args, gpus_per_node, secret_name, cpu, memory,
+                                   dataset_mount if dataset_pvc else None)],
             volumes=[V1Volume(name="dshm", empty_dir=V1EmptyDirVolumeSource(medium="Memory",
-                                                                            size_limit=SHM_SIZE))],
+                                                                            size_limit=SHM_SIZE))] + (
+                [V1Volume(name="datasets", persistent_volume_claim=V1PersistentVolumeClaimVolumeSource(
+                    claim_name=dataset_pvc, read_only=True))] if dataset_pvc else []),
         ),
     )
     replicas = {"Master": models.KubeflowOrgV1ReplicaSpec(replicas=1, restart_policy="OnFailure",

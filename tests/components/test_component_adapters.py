@@ -133,6 +133,14 @@ def test_extract_from_checkpoint_loads_the_named_file(tmp_path, engine_calls):
     assert features.metadata == {"source": "checkpoint", "layers": ["res5avg"]}
 
 
+def test_extract_from_a_checkpoint_uri(tmp_path, engine_calls):
+    features = _artifact(dsl.Artifact, tmp_path / "features")
+    extract_features.python_func(source="checkpoint", dataset=_dataset(tmp_path), config="c",
+                                 features=features, checkpoint_uri="s3://runs/r1/final.torch")
+    assert "config.MODEL.WEIGHTS_INIT.PARAMS_FILE=s3://runs/r1/final.torch" in \
+        engine_calls[0]["overrides"]
+
+
 def test_extract_random_init_has_no_weights(tmp_path, engine_calls):
     features = _artifact(dsl.Artifact, tmp_path / "features")
     extract_features.python_func(source="random_init", dataset=_dataset(tmp_path),
@@ -158,20 +166,22 @@ def test_extract_raw_pixels(tmp_path, monkeypatch, engine_calls):
     assert features.metadata == {"source": "raw_pixels", "layers": ["pixels"]}
 
 
-@pytest.mark.parametrize("source, with_checkpoint, config, message", [
-    ("imagenet", False, "c", "unknown"),
-    ("checkpoint", False, "c", "only when"),
-    ("random_init", True, "c", "only when"),
-    ("raw_pixels", True, "", "only when"),
-    ("random_init", False, "", "needs `config`"),
+@pytest.mark.parametrize("source, with_checkpoint, uri, config, message", [
+    ("imagenet", False, "", "c", "unknown"),
+    ("checkpoint", False, "", "c", "only when"),
+    ("checkpoint", True, "s3://b/c.torch", "c", "only when"),
+    ("random_init", True, "", "c", "only when"),
+    ("random_init", False, "s3://b/c.torch", "c", "only when"),
+    ("raw_pixels", True, "", "", "only when"),
+    ("random_init", False, "", "", "needs `config`"),
 ])
 def test_extract_rejects_inconsistent_arguments(tmp_path, engine_calls, source, with_checkpoint,
-                                                config, message):
+                                                uri, config, message):
     ckpt = _artifact(dsl.Model, tmp_path / "model") if with_checkpoint else None
     with pytest.raises(ValueError, match=message):
         extract_features.python_func(source=source, dataset=_dataset(tmp_path), config=config,
                                      features=_artifact(dsl.Artifact, tmp_path / "f"),
-                                     checkpoint=ckpt)
+                                     checkpoint=ckpt, checkpoint_uri=uri)
     assert engine_calls == []
 
 
@@ -267,12 +277,26 @@ def test_report_gathers_rows_with_model_names(tmp_path, monkeypatch):
     assert calls["html"]["title"] == "T"
     written = json.loads((tmp_path / "summary" / "summary.json").read_text())
     assert written == {"title": "T", "table": "TABLE", "rows": rows,
-                       "checkpoint_file": "model_final.torch"}
+                       "checkpoint_file": "model_final.torch", "checkpoint_uri": None}
+
+
+def test_report_of_a_benchmark_run_publishes_the_summary_to_results_uri(tmp_path):
+    inputs = _report_inputs(tmp_path)
+    pretrained = {k: v for k, v in inputs.items() if k.startswith("pretrained_")}
+    html = _artifact(dsl.HTML, tmp_path / "report.html")
+    summary = _artifact(dsl.Artifact, tmp_path / "summary")
+    results = tmp_path / "results" / "run-1"
+    report.python_func(html=html, summary=summary, checkpoint_uri="s3://runs/r/model.torch",
+                       results_uri=str(results), **pretrained)
+    published = json.loads((results / "summary.json").read_text())
+    assert published == json.loads((tmp_path / "summary" / "summary.json").read_text())
+    assert [r["model"] for r in published["rows"]] == ["pretrained", "pretrained"]
+    assert published["checkpoint_uri"] == "s3://runs/r/model.torch"
+    assert published["checkpoint_file"] == "model.torch"
+    assert "random init" not in Path(html.path).read_text()
 
 
 def test_report_with_the_real_sslcore_report(tmp_path):
-    if not hasattr(sslcore.report, "write_html_report"):
-        pytest.skip("sslcore.report.write_html_report is not written yet")
     inputs = _report_inputs(tmp_path)
     html = _artifact(dsl.HTML, tmp_path / "report.html")
     summary = _artifact(dsl.Artifact, tmp_path / "summary")

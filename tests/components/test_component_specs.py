@@ -28,16 +28,20 @@ COMPONENTS_DIR = Path(components.__file__).parent
 EXPECTED_SIGNATURES = {
     data_copy: {"source": str, "dataset": Output[Dataset], "limit_train": int, "limit_test": int},
     pretrain: {"dataset": Input[Dataset], "config": str, "model": Output[Model],
-               "overrides": Optional[List[str]]},
+               "overrides": Optional[List[str]], "num_nodes": int, "gpus_per_node": int,
+               "checkpoint_uri": str, "dataset_pvc": str, "dataset_mount": str, "image": str,
+               "namespace": str, "job_timeout_s": int, "job_poll_s": float},
     extract_features: {"source": str, "dataset": Input[Dataset], "features": Output[Artifact],
                        "config": str, "overrides": Optional[List[str]],
-                       "checkpoint": Optional[Input[Model]]},
+                       "checkpoint": Optional[Input[Model]], "checkpoint_uri": str},
     knn: {"features": Input[Artifact], "metrics": Output[Metrics], "layer": str},
     linear: {"features": Input[Artifact], "metrics": Output[Metrics], "layer": str, "epochs": int},
-    report: {**{f"{m}_{b}": Input[Metrics] for m in ("pretrained", "random_init", "raw_pixels")
+    report: {"pretrained_knn": Input[Metrics], "pretrained_linear": Input[Metrics],
+             "html": Output[HTML], "summary": Output[Artifact],
+             **{f"{m}_{b}": Optional[Input[Metrics]] for m in ("random_init", "raw_pixels")
                 for b in ("knn", "linear")},
-             "checkpoint": Input[Model], "html": Output[HTML], "summary": Output[Artifact],
-             "title": str},
+             "checkpoint": Optional[Input[Model]], "title": str, "checkpoint_uri": str,
+             "results_uri": str},
 }
 ALL = list(EXPECTED_SIGNATURES)
 FOLDERS = sorted(p.name for p in COMPONENTS_DIR.iterdir() if (p / "component.py").is_file())

@@ -1,117 +1,23 @@
-"""run_pytorchjob against a Kubernetes API emulator (kmock) on loopback, with a fake operator.
+"""run_pytorchjob against a Kubernetes API emulator (kmock) on loopback, with a fake operator
+(tests/k8s/kmock_cluster.py)."""
 
-kmock's KubernetesEmulator serves the API over real HTTP on 127.0.0.1; the PyTorchJob resource
-(kubeflow.org/v1 pytorchjobs) is registered so the SDK's create/get/delete work. The "operator" is a
-thread with its own Kubernetes client that waits for the job and patches ``status.conditions``
-step by step, as the training operator does (full list each time, newest last).
-"""
-
-import asyncio
 import itertools
-import threading
 import time
 
 import pytest
+from kmock_cluster import (CREATED, FAILED, NAMESPACE, RESTARTING, RUNNING, SUCCEEDED,  # noqa: F401
+                           FakeOperator, api_url, client, k8s)
 
-kmock = pytest.importorskip("kmock")
-k8s = pytest.importorskip("kubernetes.client")
-training = pytest.importorskip("kubeflow.training")
-
-from sslcore.k8s.launcher import run_pytorchjob  # noqa: E402
-from sslcore.k8s.pytorchjob import build_pytorchjob  # noqa: E402
+from sslcore.k8s.launcher import run_pytorchjob
+from sslcore.k8s.pytorchjob import build_pytorchjob
 
 RECIPE = "config=pretrain/simclr/simclr_fashion_mnist_cpu"
-NAMESPACE = "ssl"
 _names = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def api_url():
-    """A kmock Kubernetes emulator on a free loopback port, served from its own event loop."""
-    ready, box = threading.Event(), {}
-
-    async def serve():
-        async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
-            emulator.resources["kubeflow.org/v1/pytorchjobs"] = kmock.ResourceInfo(
-                namespaced=True, kind="PyTorchJob", singular="pytorchjob",
-                verbs={"create", "get", "list", "watch", "patch", "update", "delete"},
-                subresources={"status"})
-            box["loop"], box["stop"] = asyncio.get_running_loop(), asyncio.Event()
-            box["url"] = f"http://127.0.0.1:{server.port}"
-            ready.set()
-            await box["stop"].wait()
-
-    thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
-    thread.start()
-    assert ready.wait(10), "kmock did not start"
-    yield box["url"]
-    box["loop"].call_soon_threadsafe(box["stop"].set)
-    thread.join(10)
-
-
-def _configuration(url):
-    configuration = k8s.Configuration()
-    configuration.host = url
-    return configuration
-
-
-@pytest.fixture
-def client(api_url):
-    return training.TrainingClient(client_configuration=_configuration(api_url),
-                                   namespace="default")
 
 
 def _job():
     return build_pytorchjob([RECIPE], name=f"simclr-{next(_names)}", image="sslcore:test",
                             nodes=2, gpus_per_node=0, namespace=NAMESPACE)
-
-
-def _condition(type_, reason, message, status="True"):
-    return {"type": type_, "status": status, "reason": reason, "message": message,
-            "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "lastUpdateTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-
-
-CREATED = ("Created", "PyTorchJobCreated", "PyTorchJob simclr is created.")
-RUNNING = ("Running", "PyTorchJobRunning", "PyTorchJob simclr is running.")
-RESTARTING = ("Restarting", "PyTorchJobRestarting",
-              "PyTorchJob simclr is restarting because 1 Master replica(s) failed.")
-SUCCEEDED = ("Succeeded", "PyTorchJobSucceeded", "PyTorchJob simclr is successfully completed.")
-FAILED = ("Failed", "PyTorchJobFailed", "pod master-0 exited 1: OOM")
-
-
-class FakeOperator(threading.Thread):
-    """Waits for the job, then sets one more condition every ``step_s`` (older ones go False)."""
-
-    def __init__(self, url, name, steps, step_s=0.15):
-        super().__init__(daemon=True)
-        self.api = k8s.CustomObjectsApi(k8s.ApiClient(_configuration(url)))
-        self.name, self.steps, self.step_s = name, steps, step_s
-        self.stop = threading.Event()
-
-    def _patch(self, conditions):
-        self.api.patch_namespaced_custom_object_status(
-            "kubeflow.org", "v1", NAMESPACE, "pytorchjobs", self.name,
-            {"status": {"conditions": conditions}})
-
-    def run(self):
-        while not self.stop.is_set():  # the job appears
-            try:
-                self.api.get_namespaced_custom_object("kubeflow.org", "v1", NAMESPACE,
-                                                      "pytorchjobs", self.name)
-                break
-            except k8s.ApiException:
-                time.sleep(0.02)
-        conditions = []
-        for step in self.steps:
-            if self.stop.wait(self.step_s):
-                return
-            conditions = [{**c, "status": "False"} for c in conditions if c["type"] != step[0]]
-            conditions.append(_condition(*step))
-            try:
-                self._patch(conditions)
-            except k8s.ApiException:  # deleted by the launcher
-                return
 
 
 def _run(api_url, client, steps, **kwargs):
