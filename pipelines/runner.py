@@ -1,8 +1,9 @@
 """``sslcore pipelines compile|run``: keep the compiled YAML current and run pipelines locally.
 
     sslcore pipelines list
-    sslcore pipelines compile [--check]
+    sslcore pipelines compile [--check] | compile --image REGISTRY/sslcore:TAG --out-dir DIR
     sslcore pipelines run NAME [--run-dir DIR] [--param KEY=VALUE ...]
+    sslcore pipelines submit NAME --host URL --experiment EXP [--fail-under SPEC ...]  (submit.py)
 
 ``compile`` writes each pipeline's IR YAML beside its source (``pipelines/<name>.yaml``);
 ``--check`` writes nothing and exits 1 when a checked-in YAML differs from a fresh compile
@@ -39,6 +40,7 @@ from pipelines.console import progress_only
 # pipeline name -> module that defines a pipeline function of the same name
 PIPELINES: Dict[str, str] = {
     "ssl_pretrain_eval": "pipelines.ssl_pretrain_eval",
+    "ssl_benchmark": "pipelines.ssl_benchmark",
 }
 
 _VERSION_LINE = re.compile(r"^sdkVersion: .*$", re.MULTILINE)
@@ -80,8 +82,42 @@ def compile_pipeline(name: str, out: Path) -> Path:
     return out
 
 
-def cmd_compile(check: bool) -> int:
-    """Compile every pipeline beside its source; with ``check``, report stale YAML instead."""
+def compile_for_registry(out_dir: Path, image: str) -> List[Path]:
+    """Compile every pipeline into ``out_dir`` with the component image replaced by ``image``.
+
+    For clusters that pull the sslcore image from their own registry (``make push-images
+    IMAGE=...``); the checked-in YAML keeps the default image.
+
+    Raises:
+        UsageError: ``image`` is empty or has no tag.
+    """
+    from components import SSLCORE_IMAGE
+
+    if not image or ":" not in image.rsplit("/", 1)[-1]:
+        raise UsageError(f"--image needs a tagged image, e.g. registry.example.com/sslcore:0.1.0; "
+                         f"got {image!r}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in PIPELINES:
+        target = out_dir / yaml_path(name).name
+        text = compile_pipeline(name, target).read_text()
+        target.write_text(text.replace(SSLCORE_IMAGE, image))
+        written.append(target)
+        print(f"compiled {name} -> {target} (image {image})")
+    return written
+
+
+def cmd_compile(check: bool, image: Optional[str] = None, out_dir: Optional[str] = None) -> int:
+    """Compile every pipeline beside its source; with ``check``, report stale YAML instead.
+
+    With ``image`` (and ``out_dir``), compile for another registry instead
+    (:func:`compile_for_registry`).
+    """
+    if image or out_dir:
+        if not (image and out_dir) or check:
+            raise UsageError("--image and --out-dir go together, without --check")
+        compile_for_registry(Path(out_dir), image)
+        return 0
     stale = []
     for name in PIPELINES:
         target = yaml_path(name)
@@ -244,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     comp = sub.add_parser("compile", help="recompile every pipeline's YAML beside its source")
     comp.add_argument("--check", action="store_true",
                       help="write nothing; exit 1 if a checked-in YAML is stale")
+    comp.add_argument("--image", default=None,
+                      help="compile for your registry: this image instead of the default one "
+                           "(with --out-dir; the checked-in YAML is left alone)")
+    comp.add_argument("--out-dir", default=None, help="where --image writes the YAML files")
     run = sub.add_parser("run", help="run a pipeline locally through kfp.local")
     run.add_argument("name", help=f"one of: {', '.join(PIPELINES)}")
     run.add_argument("--run-dir", default=None, help="where artifacts and results.json go "
@@ -252,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a pipeline parameter; repeat for several (and for list items)")
     run.add_argument("--verbose", action="store_true",
                      help="echo every task's full log, not only progress lines")
+    from pipelines.submit import add_submit_parser
+
+    add_submit_parser(sub)
     return parser
 
 
@@ -264,7 +307,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f"{name}  {yaml_path(name)}")
             return 0
         if args.action == "compile":
-            return cmd_compile(args.check)
+            return cmd_compile(args.check, args.image, args.out_dir)
+        if args.action == "submit":
+            from pipelines.submit import cmd_submit
+
+            return cmd_submit(args)
         return cmd_run(args.name, args.run_dir, args.param, args.verbose)
     except UsageError as exc:
         print(f"sslcore pipelines: error: {exc}", file=sys.stderr)

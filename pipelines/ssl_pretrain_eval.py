@@ -8,7 +8,9 @@
                                                     └─ linear ───┘
 
 The random-init trunk and raw pixels are the floors a pretrained trunk must clear (design.md
-section 8). The pipeline returns the report's JSON summary and HTML page, so a local run
+section 8). Cluster settings (GPUs, node selector, tolerations, dataset PVC, S3 secret) are run-time
+parameters applied by :mod:`pipelines.cluster`; with ``num_nodes`` > 1 pretraining runs as a
+PyTorchJob. The pipeline returns the report's JSON summary and HTML page, so a local run
 (``sslcore pipelines run ssl_pretrain_eval``) can print the results.
 """
 
@@ -24,6 +26,7 @@ from components.knn import knn
 from components.linear import linear
 from components.pretrain import pretrain
 from components.report import report
+from pipelines.cluster import DATASET_MOUNT, PIPELINE_ROOT, named
 
 PIPELINE_NAME = "ssl-pretrain-eval"
 
@@ -34,6 +37,7 @@ Outputs = NamedTuple("Outputs", [("summary", Artifact), ("report", HTML)])
     name=PIPELINE_NAME,
     description="Self-supervised pretraining, then kNN and linear benchmarks of the pretrained "
                 "trunk, a randomly initialised trunk and raw pixels, gathered in one HTML report.",
+    pipeline_root=PIPELINE_ROOT,
 )
 def ssl_pretrain_eval(
     dataset_source: str = "fashion_mnist",
@@ -43,11 +47,21 @@ def ssl_pretrain_eval(
     extract_config: str = DEFAULT_EXTRACT_CONFIG,
     extra_overrides: List[str] = [],
     linear_epochs: int = 0,
+    num_nodes: int = 1,
+    gpus_per_node: int = 1,
+    pod_gpus: int = 0,
+    gpu_type: str = "nvidia.com/gpu",
+    checkpoint_uri: str = "",
+    results_uri: str = "",
+    dataset_pvc: str = "sslcore-datasets",
+    node_selector: dict = {},
+    tolerations: list = [],
 ) -> Outputs:
     """Pretrain and evaluate.
 
     Args:
-        dataset_source: a built-in set ("fashion_mnist") or a dataset directory.
+        dataset_source: a built-in set ("fashion_mnist"), a dataset directory (e.g. on the
+            dataset PVC under /datasets) or an ``s3://`` / ``https://`` location (data_copy).
         limit_train: class-stratified subset of the train split; 0 = all.
         limit_test: class-stratified subset of the test split; 0 = all.
         pretrain_config: the pretraining recipe (sslcore/config/<name>.yaml).
@@ -56,13 +70,30 @@ def ssl_pretrain_eval(
         extra_overrides: VISSL-style overrides for pretraining and trunk feature extraction
             alike, e.g. ["config.OPTIMIZER.num_epochs=1"]; trunk overrides thus reach both.
         linear_epochs: epochs of the linear benchmark; 0 = its default.
+        num_nodes: pretraining machines; > 1 runs a PyTorchJob (needs checkpoint_uri).
+        gpus_per_node: GPUs per PyTorchJob pod when num_nodes > 1.
+        pod_gpus: GPUs of the pods that pretrain (one node) and extract features.
+        gpu_type: the accelerator resource, e.g. "nvidia.com/gpu".
+        checkpoint_uri: ``s3://`` run directory for the checkpoints (resumable across pod
+            restarts; required for num_nodes > 1); empty: checkpoints stay in the pipeline root.
+        results_uri: directory or ``s3://`` prefix that receives ``summary.json``
+            (``sslcore pipelines submit`` reads it); empty: none.
+        dataset_pvc: PersistentVolumeClaim with the datasets, mounted at /datasets.
+        node_selector: node labels every pod must match, e.g. {"pool": "gpu"}.
+        tolerations: Kubernetes tolerations of every pod, e.g.
+            [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}].
     """
-    data = data_copy(source=dataset_source, limit_train=limit_train, limit_test=limit_test)
-    data.set_display_name("data copy")
+    where = dict(node_selector=node_selector, tolerations=tolerations)
+    gpu = dict(gpu_type=gpu_type, gpus=pod_gpus)
+    data = named(data_copy(source=dataset_source, limit_train=limit_train, limit_test=limit_test),
+                 "data copy", dataset_pvc=dataset_pvc, **where)
     dataset = data.outputs["dataset"]
 
-    trained = pretrain(dataset=dataset, config=pretrain_config, overrides=extra_overrides)
-    trained.set_display_name("pretrain")
+    trained = named(pretrain(dataset=dataset, config=pretrain_config, overrides=extra_overrides,
+                             num_nodes=num_nodes, gpus_per_node=gpus_per_node,
+                             checkpoint_uri=checkpoint_uri, dataset_pvc=dataset_pvc,
+                             dataset_mount=DATASET_MOUNT),
+                    "pretrain", dataset_pvc=dataset_pvc, **where, **gpu)
     checkpoint = trained.outputs["model"]
 
     extracted = {
@@ -74,16 +105,16 @@ def ssl_pretrain_eval(
     }
     results = {}
     for model_name, task in extracted.items():
-        task.set_display_name(f"extract features ({model_name})")
+        named(task, f"extract features ({model_name})", **where,
+              **(gpu if model_name != "raw_pixels" else {}))
         layer = "pixels" if model_name == "raw_pixels" else "res5avg"
         features = task.outputs["features"]
-        knn_task = knn(features=features, layer=layer)
-        knn_task.set_display_name(f"knn ({model_name})")
-        linear_task = linear(features=features, layer=layer, epochs=linear_epochs)
-        linear_task.set_display_name(f"linear ({model_name})")
+        knn_task = named(knn(features=features, layer=layer), f"knn ({model_name})", **where)
+        linear_task = named(linear(features=features, layer=layer, epochs=linear_epochs),
+                            f"linear ({model_name})", **where)
         results[f"{model_name}_knn"] = knn_task.outputs["metrics"]
         results[f"{model_name}_linear"] = linear_task.outputs["metrics"]
 
-    summary = report(checkpoint=checkpoint, **results)
-    summary.set_display_name("report")
+    summary = named(report(checkpoint=checkpoint, results_uri=results_uri, **results), "report",
+                    **where)
     return Outputs(summary=summary.outputs["summary"], report=summary.outputs["html"])

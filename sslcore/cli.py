@@ -10,7 +10,7 @@
     sslcore config show config=... [overrides]     print the resolved config
     sslcore config keys [PREFIX]                   every key with its type, default and meaning
     sslcore k8s pytorchjob config=... --nodes 4 --gpus-per-node 8 --image IMG   (YAML for kubectl apply -f)
-    sslcore pipelines compile | run NAME
+    sslcore pipelines compile | run NAME | submit NAME --host URL --experiment EXP [--fail-under SPEC]
 
 Errors in user input (config keys, paths, data) print one clear message and exit with code 2
 (set SSLCORE_DEBUG=1 for the traceback).

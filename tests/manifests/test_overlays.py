@@ -204,3 +204,23 @@ def test_pytorchjob_train_overrides_compose(overlay, job):
     cfg = compose_config(overrides)
     assert cfg.DISTRIBUTED.NUM_NODES == int(env["SSLCORE_NUM_NODES"])
     assert cfg.CHECKPOINT.DIR.startswith("s3://")
+
+
+def test_kfp_launcher_stores_artifacts_in_the_sslcore_minio():
+    from pipelines.cluster import PIPELINE_ROOT, S3_SECRET
+
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in render("platform")}
+    launcher = objects[("ConfigMap", "kfp-launcher")]["data"]
+    assert launcher["defaultPipelineRoot"] == PIPELINE_ROOT
+    s3 = yaml.safe_load(launcher["providers"])["s3"]["default"]
+    service = objects[("Service", "minio")]
+    namespace = service["metadata"]["namespace"]
+    api_port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "api")
+    assert s3["endpoint"] == f"minio.{namespace}.svc.cluster.local:{api_port}"
+    ref = s3["credentials"]["secretRef"]
+    secret = objects[("Secret", ref["secretName"])]
+    assert ref["secretName"] == S3_SECRET
+    assert {ref["accessKeyKey"], ref["secretKeyKey"]} <= set(secret["stringData"])
+    bucket_job = objects[("Job", "minio-create-bucket")]
+    bucket = PIPELINE_ROOT[len("s3://"):].split("/")[0]
+    assert f"mc mb --ignore-existing sslcore/{bucket}" in json.dumps(bucket_job)

@@ -51,15 +51,18 @@ def test_compile_check_passes_on_the_checked_in_yaml(capsys):
 
 
 def test_compile_check_fails_on_a_stale_yaml_and_compile_fixes_it(tmp_path, monkeypatch, capsys):
-    target = tmp_path / "ssl_pretrain_eval.yaml"
-    target.write_text("stale: true\n")
-    monkeypatch.setattr(runner, "yaml_path", lambda name: target)
+    targets = {name: tmp_path / f"{name}.yaml" for name in runner.PIPELINES}
+    for target in targets.values():
+        target.write_text("stale: true\n")
+    monkeypatch.setattr(runner, "yaml_path", lambda name: targets[name])
     assert runner.main(["compile", "--check"]) == 1
-    assert str(target) in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert all(str(target) in err for target in targets.values())
     assert runner.main(["compile"]) == 0
     assert runner.main(["compile", "--check"]) == 0
-    golden = Path(runner.__file__).parent / "ssl_pretrain_eval.yaml"
-    assert runner.strip_versions(target.read_text()) == runner.strip_versions(golden.read_text())
+    for name, target in targets.items():
+        golden = Path(runner.__file__).parent / f"{name}.yaml"
+        assert runner.strip_versions(target.read_text()) == runner.strip_versions(golden.read_text())
 
 
 def test_sslcore_cli_delegates_to_the_runner(capsys):
@@ -73,3 +76,18 @@ def test_defaults_are_typed_like_params(pipeline):
     assert defaults["limit_train"] == 0 and isinstance(defaults["limit_train"], int)
     assert defaults["dataset_source"] == "fashion_mnist"
     assert defaults["extra_overrides"] == []
+
+
+def test_compile_for_another_registry_swaps_only_the_image(tmp_path, capsys):
+    from components import SSLCORE_IMAGE
+
+    assert runner.main(["compile", "--image", "registry.example.com/ml/sslcore:1.2",
+                        "--out-dir", str(tmp_path)]) == 0
+    for name in runner.PIPELINES:
+        text = (tmp_path / f"{name}.yaml").read_text()
+        golden = runner.yaml_path(name).read_text()
+        assert SSLCORE_IMAGE not in text and "registry.example.com/ml/sslcore:1.2" in text
+        assert runner.strip_versions(text).replace("registry.example.com/ml/sslcore:1.2",
+                                                   SSLCORE_IMAGE) == runner.strip_versions(golden)
+    assert runner.main(["compile", "--image", "sslcore", "--out-dir", str(tmp_path)]) == 2
+    assert "tagged image" in capsys.readouterr().err

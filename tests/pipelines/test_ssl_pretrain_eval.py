@@ -1,5 +1,6 @@
-"""Every pipeline compiles into a valid PipelineSpec that matches its checked-in golden YAML;
-ssl_pretrain_eval has the documented tasks, dependencies, wiring, parameters and outputs."""
+"""Every pipeline compiles into a valid PipelineSpec (and kfp-kubernetes PlatformSpec) that matches
+its checked-in golden YAML; ssl_pretrain_eval and ssl_benchmark have the documented tasks,
+dependencies, wiring, parameters, outputs and cluster settings."""
 
 from pathlib import Path
 from typing import Any, Dict
@@ -11,6 +12,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 
 from components import DEFAULT_EXTRACT_CONFIG, DEFAULT_PRETRAIN_CONFIG, SSLCORE_IMAGE
 from pipelines import runner
+from pipelines.cluster import DATASET_MOUNT, PIPELINE_ROOT, S3_SECRET, S3_SECRET_KEYS
 
 
 def _compile(name: str, tmp_path: Path) -> str:
@@ -18,14 +20,38 @@ def _compile(name: str, tmp_path: Path) -> str:
 
 
 def _parse(text: str) -> pipeline_spec_pb2.PipelineSpec:
-    spec = pipeline_spec_pb2.PipelineSpec()
-    json_format.ParseDict(yaml.safe_load(text), spec)  # raises on any unknown field
-    return spec
+    return _parse_both(text)[0]
+
+
+def _parse_both(text: str):
+    """(PipelineSpec, PlatformSpec): the YAML's two documents, parsed strictly."""
+    pipeline_doc, platform_doc = yaml.safe_load_all(text)
+    spec, platform = pipeline_spec_pb2.PipelineSpec(), pipeline_spec_pb2.PlatformSpec()
+    json_format.ParseDict(pipeline_doc, spec)  # raises on any unknown field
+    json_format.ParseDict(platform_doc, platform)
+    return spec, platform
 
 
 @pytest.fixture(scope="module")
-def spec(tmp_path_factory) -> pipeline_spec_pb2.PipelineSpec:
-    return _parse(_compile("ssl_pretrain_eval", tmp_path_factory.mktemp("compiled")))
+def compiled(tmp_path_factory):
+    return _parse_both(_compile("ssl_pretrain_eval", tmp_path_factory.mktemp("compiled")))
+
+
+@pytest.fixture(scope="module")
+def spec(compiled) -> pipeline_spec_pb2.PipelineSpec:
+    return compiled[0]
+
+
+@pytest.fixture(scope="module")
+def k8s_config(compiled, spec) -> Dict[str, Dict[str, Any]]:
+    """kfp-kubernetes executor configs keyed by task display name."""
+    executors = json_format.MessageToDict(compiled[1])["platforms"]["kubernetes"][
+        "deploymentSpec"]["executors"]
+    out = {}
+    for task in spec.root.dag.tasks.values():
+        label = spec.components[task.component_ref.name].executor_label
+        out[task.task_info.name] = executors[label]
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +69,7 @@ def test_pipeline_compiles_to_a_valid_pipeline_spec(name, tmp_path):
     spec = _parse(_compile(name, tmp_path))
     assert spec.pipeline_info.name
     assert spec.root.dag.tasks
+    assert spec.default_pipeline_root == PIPELINE_ROOT
     for executor in spec.deployment_spec["executors"].values():
         assert executor["container"]["image"] == SSLCORE_IMAGE
 
@@ -134,7 +161,10 @@ def test_pipeline_parameters_and_defaults(spec):
     assert defaults == {"dataset_source": "fashion_mnist", "limit_train": 0.0, "limit_test": 0.0,
                         "pretrain_config": DEFAULT_PRETRAIN_CONFIG,
                         "extract_config": DEFAULT_EXTRACT_CONFIG, "extra_overrides": [],
-                        "linear_epochs": 0.0}
+                        "linear_epochs": 0.0, "num_nodes": 1.0, "gpus_per_node": 1.0,
+                        "pod_gpus": 0.0, "gpu_type": "nvidia.com/gpu", "checkpoint_uri": "",
+                        "results_uri": "", "dataset_pvc": "sslcore-datasets",
+                        "node_selector": {}, "tolerations": []}
     types = pipeline_spec_pb2.ParameterType
     assert params["extra_overrides"].parameter_type == types.LIST
     assert params["limit_train"].parameter_type == types.NUMBER_INTEGER
@@ -193,3 +223,63 @@ def test_default_recipes_build_the_same_trunk_with_the_same_input_normalisation(
     extract = _resolve(DEFAULT_EXTRACT_CONFIG, tmp_path)
     assert normalize(extract.DATA.TRAIN.TRANSFORMS) == normalize(pretrain.DATA.TRAIN.TRANSFORMS)
     assert normalize(extract.DATA.TEST.TRANSFORMS) == normalize(pretrain.DATA.TRAIN.TRANSFORMS)
+
+
+def test_every_task_gets_placement_and_the_s3_secret(k8s_config):
+    for name, config in k8s_config.items():
+        assert config["nodeSelector"] == {"nodeSelectorJson": {"componentInputParameter":
+                                                               "node_selector"}}, name
+        assert config["tolerations"] == [{"tolerationJson": {"componentInputParameter":
+                                                             "tolerations"}}], name
+        (secret,) = config["secretAsEnv"]
+        assert secret["secretName"] == S3_SECRET and secret["optional"] is True
+        assert {(k["secretKey"], k["envVar"]) for k in secret["keyToEnv"]} == \
+            {(k, k) for k in S3_SECRET_KEYS}
+
+
+def test_dataset_pvc_where_data_is_read_or_staged(k8s_config):
+    for name, config in k8s_config.items():
+        mounts = config.get("pvcMount", [])
+        if name in ("data copy", "pretrain"):
+            (mount,) = mounts
+            assert mount["mountPath"] == DATASET_MOUNT
+            assert mount["componentInputParameter"] == "dataset_pvc"
+        else:
+            assert mounts == [], name
+
+
+def test_gpus_on_the_pods_that_run_the_trunk(spec, tasks):
+    executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
+    for name, task in tasks.items():
+        label = spec.components[task.component_ref.name].executor_label
+        accelerator = executors[label]["container"].get("resources", {}).get("accelerator")
+        wants_gpu = name in ("pretrain", "extract features (pretrained)",
+                             "extract features (random_init)")
+        assert (accelerator is not None) == wants_gpu, name
+        if wants_gpu:
+            assert "pipelinechannel--pod_gpus" in accelerator["resourceCount"]
+            assert "pipelinechannel--gpu_type" in accelerator["resourceType"]
+
+
+def test_pretrain_gets_the_multi_node_settings(tasks):
+    params = tasks["pretrain"].inputs.parameters
+    for name, source in (("num_nodes", "num_nodes"), ("gpus_per_node", "gpus_per_node"),
+                         ("checkpoint_uri", "checkpoint_uri"), ("dataset_pvc", "dataset_pvc")):
+        assert params[name].component_input_parameter == source
+    assert params["dataset_mount"].runtime_value.constant.string_value == DATASET_MOUNT
+    assert tasks["report"].inputs.parameters["results_uri"].component_input_parameter == \
+        "results_uri"
+
+
+def test_ssl_benchmark_evaluates_a_checkpoint_uri(tmp_path):
+    spec = _parse(_compile("ssl_benchmark", tmp_path))
+    tasks = {t.task_info.name: t for t in spec.root.dag.tasks.values()}
+    assert set(tasks) == {"data copy", "extract features", "knn", "linear", "report"}
+    params = spec.root.input_definitions.parameters
+    assert not params["checkpoint_uri"].is_optional, "the checkpoint is required"
+    extract = tasks["extract features"].inputs.parameters
+    assert extract["checkpoint_uri"].component_input_parameter == "checkpoint_uri"
+    assert extract["source"].runtime_value.constant.string_value == "checkpoint"
+    report = tasks["report"].inputs
+    assert set(report.artifacts) == {"pretrained_knn", "pretrained_linear"}
+    assert report.parameters["results_uri"].component_input_parameter == "results_uri"

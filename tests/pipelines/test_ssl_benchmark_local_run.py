@@ -1,0 +1,40 @@
+"""ssl_benchmark through kfp.local with its artifacts in s3://: a checkpoint trained into a real S3
+server on loopback is benchmarked, and the summary lands back in S3 where `submit` reads it."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipelines import runner
+from sslcore import storage
+from sslcore.engine.launcher import run_engine
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(not FASHION_MNIST.exists(),
+                    reason="needs the Debian package dataset-fashion-mnist (`make data`)")
+def test_benchmark_of_an_s3_checkpoint_publishes_its_summary_to_s3(s3_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("SSLCORE_CACHE_DIR", str(tmp_path / "cache"))
+    run = "s3://runs/bench/quick"
+    # quick_simclr's trunk (ResNet-18 x0.125, small stem) is the default extraction trunk
+    checkpoint = run_engine(["config=pretrain/simclr/quick_simclr", f"config.CHECKPOINT.DIR={run}",
+                             "config.OPTIMIZER.num_epochs=1",
+                             "config.HOOKS.TENSORBOARD_SETUP.USE_TENSORBOARD=false"])
+    assert str(checkpoint).startswith(run)
+
+    results_uri = "s3://runs/bench/results"
+    results = runner.run_pipeline("ssl_benchmark", tmp_path / "run", {
+        "checkpoint_uri": checkpoint, "limit_train": 512, "limit_test": 256, "linear_epochs": 2,
+        "extra_overrides": ["config.DATA.NUM_DATALOADER_WORKERS=0"], "results_uri": results_uri})
+
+    published = json.loads(storage.read_bytes(f"{results_uri}/summary.json"))
+    assert published["checkpoint_uri"] == checkpoint
+    assert [(r["model"], r["benchmark"]) for r in published["rows"]] == [
+        ("pretrained", "knn"), ("pretrained", "linear")]
+    assert published["rows"] == results["rows"]
+    top1 = [r["value"] for row in published["rows"] for r in row["records"] if r["name"] == "top1"]
+    assert top1 and all(10.0 < v <= 100.0 for v in top1)
