@@ -7,6 +7,7 @@
     sslcore data prepare fashion_mnist --out DIR
     sslcore benchmark knn --features DIR --out DIR [--layer res5avg]
     sslcore benchmark linear --features DIR --out DIR [--layer res5avg]
+    sslcore zoo --data DIR --out DIR [--methods simclr,moco] [--epochs 2]   (the method table)
     sslcore config show config=... [overrides]     print the resolved config
     sslcore config keys [PREFIX]                   every key with its type, default and meaning
     sslcore k8s pytorchjob config=... --nodes 4 --gpus-per-node 8 --image IMG   (YAML for kubectl apply -f)
@@ -23,6 +24,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import List, Optional, Sequence
 
 log = logging.getLogger("sslcore")
@@ -78,6 +80,22 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if is_remote(args.out):
         push_dir(out, args.out)
     print(format_metrics_table([{**metrics, "model": args.model_name}]))
+    return 0
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    """`sslcore zoo --data DIR --out DIR`: every method, same budget, kNN table (Markdown)."""
+    from sslcore.benchmarks.zoo import METHODS, run_zoo
+    from sslcore.engine.launcher import setup_logging
+
+    setup_logging()
+    methods = [m for m in args.methods.split(",") if m] if args.methods else list(METHODS)
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
+    run_zoo(args.data, args.out, methods=methods, epochs=args.epochs, workers=args.workers,
+            device=args.device)
+    print((Path(args.out) / "zoo.md").read_text(), end="")
     return 0
 
 
@@ -167,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--dataset-mount", default="/datasets", help="where the dataset PVC is mounted")
     job.add_argument("--out", default=None, help="write the YAML here instead of stdout")
     job.set_defaults(func=cmd_k8s)
+    zoo = sub.add_parser("zoo", help="pretrain every method on the same budget; kNN table")
+    zoo.add_argument("--data", required=True, help="a prepared Fashion-MNIST (subset) directory")
+    zoo.add_argument("--out", required=True)
+    zoo.add_argument("--methods", default="", help="comma-separated; default: all")
+    zoo.add_argument("--epochs", type=int, default=2)
+    zoo.add_argument("--workers", type=int, default=0, help="data loader workers")
+    zoo.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
+    zoo.set_defaults(func=cmd_zoo)
     pipes = sub.add_parser("pipelines", help="compile or run the Kubeflow pipelines", add_help=False)
     pipes.add_argument("rest", nargs=argparse.REMAINDER)
     pipes.set_defaults(func=cmd_pipelines)

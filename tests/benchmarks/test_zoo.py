@@ -1,0 +1,31 @@
+"""The method table runs each method's recipe, extracts, scores kNN, and survives a broken method."""
+
+import json
+
+import pytest
+
+from sslcore.benchmarks.zoo import format_zoo_table, run_zoo
+
+pytestmark = pytest.mark.slow
+
+
+def test_zoo_on_a_small_subset(fmnist_small, tmp_path):
+    rows = run_zoo(fmnist_small, tmp_path, methods=["simclr", "no_such_method"], epochs=1)
+    by_method = {r["method"]: r for r in rows}
+    assert list(by_method) == ["simclr", "no_such_method", "random init (baseline)",
+                               "raw pixels (baseline)"]
+    simclr = by_method["simclr"]
+    assert set(simclr["top1"]) == {"k200_T0.1", "k20_T0.07"}
+    assert all(10.0 < v <= 100.0 for v in simclr["top1"].values())
+    assert simclr["final_loss"] > 0 and simclr["train_seconds"] > 0
+    assert "no_such_method" in by_method["no_such_method"]["error"]
+    assert by_method["raw pixels (baseline)"]["top1"]["k20_T0.07"] > 40
+    table = (tmp_path / "zoo.md").read_text()
+    assert "train 512, test 256" in table and "| simclr | 1 |" in table and "failed:" in table
+    assert json.loads((tmp_path / "zoo.json").read_text()) == rows
+
+
+def test_table_format():
+    rows = [{"method": "m", "epochs": 2, "top1": {"k200_T0.1": 71.234, "k20_T0.07": 70.0},
+             "train_seconds": 3.5, "final_loss": 1.23456}]
+    assert "| m | 2 | 71.23 | 70.00 | 3.5 | 1.235 |" in format_zoo_table(rows, note="n")
