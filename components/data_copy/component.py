@@ -1,4 +1,4 @@
-"""data_copy: materialise the dataset every later stage reads (built-in set or copied directory)."""
+"""data_copy: materialise the dataset every later stage reads (built-in set, directory, s3://, URL)."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Output
@@ -19,8 +19,10 @@ def data_copy(
 
     Args:
         source: a built-in set (``"fashion_mnist"``, built from the Debian package
-            ``dataset-fashion-mnist``) or a dataset directory visible to the pod, copied and
-            verified.
+            ``dataset-fashion-mnist``), a dataset directory visible to the pod (e.g. on the
+            dataset PVC), an ``s3://bucket/prefix`` or an ``http(s)://.../data.tar.gz`` (or
+            ``.zip``) archive; copied, given the disk_filelist layout if it has only class
+            folders, and verified against its manifest (a no-op when already current).
         dataset: output directory: ``{train,test}/<class>/<i>.png`` (disk_folder),
             ``{train,test}_images.npy`` (paths relative to the directory) and
             ``{train,test}_labels.npy`` (int64) (disk_filelist), plus the manifest. Its metadata

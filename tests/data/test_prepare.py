@@ -138,18 +138,39 @@ def test_copy_of_a_plain_directory_gets_a_manifest(tmp_path):
     for split, cls, name in (("train", "cat", "a.png"), ("train", "dog", "b.png"), ("val", "cat", "c.png")):
         (source / split / cls).mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (4, 4), (1, 2, 3)).save(source / split / cls / name)
-    manifest = prepare_dataset(str(source), tmp_path / "out")
+    manifest = prepare_dataset(str(source), tmp_path / "out", to_filelist=False)
     assert manifest["splits"] == {"train": {"num_images": 2, "bytes": manifest["splits"]["train"]["bytes"]},
                                   "val": {"num_images": 1, "bytes": manifest["splits"]["val"]["bytes"]}}
     assert manifest["classes"] == ["cat", "dog"] and manifest["layouts"] == ["disk_folder"]
     assert not (source / MANIFEST_NAME).exists()  # the source is never modified
 
 
+def test_a_folder_copy_gains_the_filelist_layout_and_stays_a_no_op(tmp_path):
+    source = tmp_path / "plain"
+    for split, cls, name in (("train", "dog", "b.png"), ("train", "cat", "a.png"),
+                             ("val", "dog", "c.png")):
+        (source / split / cls).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4), (1, 2, 3)).save(source / split / cls / name)
+    out = tmp_path / "out"
+    manifest = prepare_dataset(str(source), out)
+    assert manifest["layouts"] == ["disk_folder", "disk_filelist"]
+    assert manifest["filelist_splits"] == ["train", "val"]
+    assert manifest["content"]["converted"] == "disk_folder -> disk_filelist"
+    assert np.load(out / "train_images.npy").tolist() == ["train/cat/a.png", "train/dog/b.png"]
+    assert np.load(out / "train_labels.npy").tolist() == [0, 1]
+    assert np.load(out / "val_labels.npy").tolist() == [1]  # class ids shared across splits
+    before = _mtimes(out)
+    assert prepare_dataset(str(source), out)["listing_digest"] == manifest["listing_digest"]
+    assert _mtimes(out) == before, "a verified converted copy was copied again"
+
+
 def test_source_errors(tmp_path, small_fmnist):
     with pytest.raises(FileNotFoundError, match="neither a built-in set"):
         prepare_dataset("fashion_mnst", tmp_path / "x")
-    with pytest.raises(ValueError, match="s3:// scheme is not supported yet"):
-        prepare_dataset("s3://bucket/data", tmp_path / "x")
+    with pytest.raises(ValueError, match="ftp:// scheme is not supported"):
+        prepare_dataset("ftp://host/data", tmp_path / "x")
+    with pytest.raises(ValueError, match="must name an archive"):
+        prepare_dataset("https://example.com/data/", tmp_path / "x")
     with pytest.raises(ValueError, match="built-in sets only"):
         prepare_dataset(str(small_fmnist), tmp_path / "x", limit_train=5)
     with pytest.raises(ValueError, match="overlap"):
