@@ -18,6 +18,9 @@ from sslcore.data.prepare import BUILTIN_DATASETS, copy_dataset, prepare_dataset
 from sslcore.data.sampler import StatefulDistributedSampler
 from sslcore.data.sources import SOURCES, build_source
 from sslcore.data.transforms import TRANSFORMS, build_transforms
+from sslcore.data import patches  # noqa: F401,E402  (Jigsaw/PIRL transforms and collators)
+from sslcore.data import rotation  # noqa: F401,E402  (registers ImgRotatePil)
+from sslcore.data import ssl_transforms  # noqa: F401,E402  (solarize, photometric, Lab, ...)
 
 __all__ = [
     "BUILTIN_DATASETS", "COLLATORS", "SOURCES", "SSLDataset", "StatefulDistributedSampler", "TRANSFORMS",

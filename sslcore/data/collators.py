@@ -162,6 +162,32 @@ def multicrop_collator(batch: Sequence[Dict[str, Any]]) -> Batch:
     return {"data": data, "label": _ints(labels), "data_idx": _ints(indices), "num_skipped": skipped}
 
 
+@COLLATORS.register("moco_collator")
+def moco_collator(batch: Sequence[Dict[str, Any]]) -> Batch:
+    """MoCo's two views apart, VISSL's layout (He et al., 2020, https://arxiv.org/abs/1911.05722):
+    view 0 of every sample for the query encoder in ``data``, view 1 for the momentum (key)
+    encoder in ``data_momentum``. The method moves ``data_momentum`` to the device itself.
+
+    Args:
+        batch: B samples with exactly 2 views each, (C, H, W) tensors.
+
+    Returns:
+        ``data``: [Tensor (B', C, H, W)]; ``data_momentum``: [Tensor (B', C, H, W)], row i the
+        same sample as in ``data``; ``label``, ``data_idx``: (B',); ``num_skipped``: B - B'.
+
+    Raises:
+        TypeError: views that are not tensors (add ToTensor).
+        ValueError: a sample without exactly 2 views (use {name: ImgReplicatePil, num_times: 2}).
+    """
+    views = _num_views(batch)
+    if views != 2:
+        raise ValueError(f"moco_collator needs exactly 2 views per sample (query, key), got {views}; "
+                         "start TRANSFORMS with {name: ImgReplicatePil, num_times: 2}")
+    out = default_collate(batch)
+    query, key = out.pop("data")
+    return {"data": [query], "data_momentum": [key], **out}
+
+
 def build_collator(name: str, params: Optional[Dict[str, Any]] = None
                    ) -> Callable[[Sequence[Dict[str, Any]]], Batch]:
     """Look up a collator and bind its COLLATE_FUNCTION_PARAMS.

@@ -229,6 +229,9 @@ class SampleTransform:
         """
         out = dict(sample)
         for transform, indices in self.steps:
+            if getattr(transform, "transforms_whole_sample", False):  # sets labels (ImgRotatePil)
+                out = transform.apply_to_sample(out, indices)
+                continue
             views: List[Any] = []
             per_view: Dict[str, List[Any]] = {k: [] for k in self._PER_VIEW_KEYS if k in out}
             for v, view in enumerate(out["data"]):

@@ -35,7 +35,9 @@ declare("EXTRACT_FEATURES", {
 
 
 def _splits(cfg: DictConfig) -> List[str]:
-    return [s for s in ("TRAIN", "TEST") if cfg.DATA[s].DATA_PATHS or cfg.DATA[s].DATASET_NAMES]
+    synthetic = lambda s: set(cfg.DATA[s].DATA_SOURCES) == {"synthetic"}  # noqa: E731  (needs no path)
+    return [s for s in ("TRAIN", "TEST")
+            if cfg.DATA[s].DATA_PATHS or cfg.DATA[s].DATASET_NAMES or synthetic(s)]
 
 
 @torch.no_grad()

@@ -30,8 +30,9 @@ from sslcore.storage import is_remote, join_uri, upload_file
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("train", "extract_features")
-_CONFIG_FILE = {"train": "train_config.yaml", "extract_features": "extract_config.yaml"}
+ENGINES = ("train", "extract_features", "extract_cluster")
+_CONFIG_FILE = {"train": "train_config.yaml", "extract_features": "extract_config.yaml",
+                "extract_cluster": "cluster_config.yaml"}
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -108,7 +109,8 @@ def _publish(cfg: DictConfig, engine_name: str, result: Union[Path, str]) -> Uni
 
 
 def _engines() -> Dict[str, Callable[[DictConfig, torch.device], Path]]:
+    from sslcore.engine.clusterfit import extract_cluster
     from sslcore.engine.extract import extract_features
     from sslcore.engine.trainer import train
 
-    return {"train": train, "extract_features": extract_features}
+    return {"train": train, "extract_features": extract_features, "extract_cluster": extract_cluster}

@@ -9,17 +9,22 @@ Two ways to run, chosen by ``MODEL.FEATURE_EVAL_SETTINGS``:
 - feature evaluation (``EVAL_MODE_ON: True``): the trunk returns the features named in
   ``LINEAR_EVAL_FEAT_POOL_OPS_MAP``, each pooled and flattened; each goes to its own head
   (one ``eval_mlp`` per feature), or is returned as it is with ``EXTRACT_TRUNK_FEATURES_ONLY``.
+
+With ``MODEL.MULTI_INPUT_HEAD_MAPPING`` (PIRL), the forward pass also takes named inputs: each is
+run through the trunk and its own head (:func:`parse_input_mapping`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
+from sslcore.config.schema import Key, declare
 from sslcore.models.feature_eval import build_feature_pool_ops
 from sslcore.models.heads import build_heads
 from sslcore.models.trunks import build_trunk
@@ -27,6 +32,64 @@ from sslcore.models.trunks import build_trunk
 log = logging.getLogger(__name__)
 
 _DEFAULT_POOL_OPS_MAP = [["res5avg", ["Identity", []]]]
+
+declare("MODEL", {
+    "MULTI_INPUT_HEAD_MAPPING": Key([], list, "several named inputs (PIRL: patches and images), "
+                                    "VISSL format: a list of [input_name, [trunk feature]] or "
+                                    "[input_name, {feat_names: [...], head_index: i}]; entry i runs "
+                                    "the trunk on that input and head i (or head_index) on its "
+                                    "feature, one output per entry. [] = one input"),
+})
+
+# (input name, trunk feature names, head index), one per MULTI_INPUT_HEAD_MAPPING entry
+InputMapping = List[Tuple[str, List[str], int]]
+
+
+def parse_input_mapping(entries: Any, num_heads: int, feature_names: Sequence[str]) -> InputMapping:
+    """Read ``MODEL.MULTI_INPUT_HEAD_MAPPING`` (VISSL semantics).
+
+    Entry i maps an input name to the trunk features it is read at and to a head: head i by
+    default (the last head when there are fewer), or ``head_index`` in the dict form.
+
+    Args:
+        entries: the config list, e.g. ``[["patches", ["flatten"]], ["images", ["flatten"]]]``.
+        num_heads: number of heads (entries of ``MODEL.HEAD.PARAMS``).
+        feature_names: the trunk's feature names.
+
+    Returns:
+        ``[(input name, feature names, head index), ...]`` in entry order.
+
+    Raises:
+        ValueError: a malformed entry, a repeated input name, an unknown feature, a head index
+            out of range, or ``additional_keys`` (not supported).
+    """
+    if isinstance(entries, (ListConfig, DictConfig)):
+        entries = OmegaConf.to_container(entries, resolve=True)
+    where = "config.MODEL.MULTI_INPUT_HEAD_MAPPING"
+    mapping: InputMapping = []
+    for i, entry in enumerate(entries or []):
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], str)
+                and isinstance(entry[1], (list, dict))):
+            raise ValueError(f"{where}[{i}] = {entry!r}: write [input_name, [feature]] or "
+                             "[input_name, {feat_names: [feature], head_index: 0}]")
+        spec = entry[1] if isinstance(entry[1], dict) else {"feat_names": entry[1]}
+        unknown = sorted(set(spec) - {"feat_names", "head_index"})
+        if unknown:
+            raise ValueError(f"{where}[{i}]: keys {unknown} are not supported; use feat_names "
+                             "and head_index")
+        feats = [str(f) for f in spec.get("feat_names") or []]
+        head = int(spec.get("head_index", min(i, max(num_heads - 1, 0))))
+        if entry[0] in [m[0] for m in mapping]:
+            raise ValueError(f"{where}[{i}]: input '{entry[0]}' is mapped twice")
+        bad = [f for f in feats if f not in feature_names]
+        if len(feats) != 1 or bad:
+            raise ValueError(f"{where}[{i}]: give exactly one trunk feature, one of "
+                             f"{list(feature_names)}; got {feats}")
+        if num_heads and not 0 <= head < num_heads:
+            raise ValueError(f"{where}[{i}]: head_index {head} but MODEL.HEAD.PARAMS has "
+                             f"{num_heads} heads")
+        mapping.append((entry[0], feats, head))
+    return mapping
 
 
 class BaseSSLMultiInputOutputModel(nn.Module):
@@ -41,6 +104,8 @@ class BaseSSLMultiInputOutputModel(nn.Module):
         use_feature_pool_ops: forward feeds the pooled features to the heads (feature
             evaluation) instead of the trunk's default output.
         flatten_features: flatten each pooled feature to (B, D).
+        input_mapping: MODEL.MULTI_INPUT_HEAD_MAPPING parsed by :func:`parse_input_mapping`;
+            used when :meth:`forward` gets a mapping of named inputs.
 
     Raises:
         ValueError: if a pooled feature is not one of the trunk's features.
@@ -55,7 +120,8 @@ class BaseSSLMultiInputOutputModel(nn.Module):
 
     def __init__(self, *, trunk: nn.Module, heads: Sequence[nn.Module] = (),
                  feature_pool_ops: Optional[Mapping[str, nn.Module]] = None,
-                 use_feature_pool_ops: bool = False, flatten_features: bool = True) -> None:
+                 use_feature_pool_ops: bool = False, flatten_features: bool = True,
+                 input_mapping: Optional[InputMapping] = None) -> None:
         super().__init__()
         self.trunk = trunk
         self.heads = nn.ModuleList(heads)
@@ -68,6 +134,7 @@ class BaseSSLMultiInputOutputModel(nn.Module):
         self.feature_pool_ops = pool_ops
         self.use_feature_pool_ops = use_feature_pool_ops
         self.flatten_features = flatten_features
+        self.input_mapping = list(input_mapping or [])
         self._trunk_frozen = False
         self._heads_frozen = False
 
@@ -144,7 +211,22 @@ class BaseSSLMultiInputOutputModel(nn.Module):
             f"{list(self.feature_pool_ops)}) but MODEL.HEAD.PARAMS lists {len(self.heads)} heads; "
             "list one head per feature, in the same order")
 
-    def forward(self, x: Union[torch.Tensor, Sequence[torch.Tensor]]) -> List[torch.Tensor]:
+    def _multi_input_forward(self, inputs: Mapping[str, torch.Tensor]) -> List[torch.Tensor]:
+        if not self.input_mapping:
+            raise ValueError(f"the model got named inputs {sorted(inputs)} but "
+                             "MODEL.MULTI_INPUT_HEAD_MAPPING is empty; map each input to a head")
+        outputs = []
+        for name, feat_names, head_index in self.input_mapping:
+            if name not in inputs:
+                raise ValueError(f"MODEL.MULTI_INPUT_HEAD_MAPPING names input '{name}' but the "
+                                 f"batch has {sorted(inputs)}; check DATA.TRAIN.INPUT_KEY_NAMES")
+            with self._trunk_context():
+                (feat,) = self.trunk(inputs[name], out_feat_keys=feat_names)
+            outputs.append(self.heads[head_index](feat) if self.heads else feat)
+        return outputs
+
+    def forward(self, x: Union[torch.Tensor, Sequence[torch.Tensor], Mapping[str, torch.Tensor]]
+                ) -> List[torch.Tensor]:
         """Run trunk and heads.
 
         Heads: with one trunk output, every head is applied in sequence (a projection MLP
@@ -153,11 +235,15 @@ class BaseSSLMultiInputOutputModel(nn.Module):
 
         Args:
             x: images (B, 3, H, W) float, or a list of V view tensors (B, 3, H_v, W_v): runs of
-                consecutive views with equal size go through the trunk together (multi-crop)
-                and every output is concatenated view-major, (V*B, ...).
+                consecutive views with equal size go through the trunk together (multi-crop),
+                the trunk outputs are concatenated view-major, (V*B, ...), and the heads run
+                once on all of them. Or a mapping of named inputs (PIRL: ``{"patches":
+                (9B, 3, h, w), "images": (B, 3, H, W)}``): each MULTI_INPUT_HEAD_MAPPING entry
+                gives one output, in entry order.
 
         Returns:
-            One tensor per head chain / evaluated feature, e.g. ``[(B, D)]`` in pretraining.
+            One tensor per head chain / evaluated feature, e.g. ``[(B, D)]`` in pretraining
+            (a head that returns a list, like swav_head, gives that list in its place).
 
         Raises:
             ValueError: if the number of features and heads do not fit, or ``x`` does not fit
@@ -165,6 +251,8 @@ class BaseSSLMultiInputOutputModel(nn.Module):
         """
         if isinstance(x, torch.Tensor):
             return self._heads_forward(self._trunk_forward(x))
+        if isinstance(x, Mapping):
+            return self._multi_input_forward(x)
         if len(x) == 0:
             raise ValueError("model input is an empty list of views; pass (B, 3, H, W) tensors")
         groups: List[List[torch.Tensor]] = []
@@ -173,8 +261,22 @@ class BaseSSLMultiInputOutputModel(nn.Module):
                 groups[-1].append(view)
             else:
                 groups.append([view])
-        per_group = [self._heads_forward(self._trunk_forward(torch.cat(g))) for g in groups]
-        return [torch.cat(outs) for outs in zip(*per_group)]
+        # trunk once per resolution, heads once on every crop (VISSL / SwAV multi-res forward:
+        # BatchNorm in a head sees all crops; a head may return a list, e.g. swav_head)
+        per_group = [self._trunk_forward(torch.cat(g)) for g in groups]
+        return self._heads_forward([torch.cat(feats) for feats in zip(*per_group)])
+
+
+def _default_map_for_trunk(pool_ops_map: Any, trunk: nn.Module) -> Any:
+    """The default map names ResNet's ``res5avg``; a trunk without it evaluates its own
+    ``default_eval_feature`` (RegNet ``avgpool``, ViT ``lastCLS``, AlexNet ``flatten``)."""
+    from omegaconf import ListConfig, OmegaConf
+
+    plain = OmegaConf.to_container(pool_ops_map) if isinstance(pool_ops_map, ListConfig) else pool_ops_map
+    feature = getattr(trunk, "default_eval_feature", None)
+    if feature and plain == _DEFAULT_POOL_OPS_MAP and "res5avg" not in trunk.feature_names:
+        return [[feature, ["Identity", []]]]
+    return pool_ops_map
 
 
 def build_model(model_cfg: Any) -> BaseSSLMultiInputOutputModel:
@@ -213,14 +315,17 @@ def build_model(model_cfg: Any) -> BaseSSLMultiInputOutputModel:
         raise ValueError(f"config.MODEL.FEATURE_EVAL_SETTINGS.{on[0]} is set but EVAL_MODE_ON is "
                          "False; set config.MODEL.FEATURE_EVAL_SETTINGS.EVAL_MODE_ON=True")
     trunk = build_trunk(model_cfg.TRUNK)
-    pool_ops_map = settings.LINEAR_EVAL_FEAT_POOL_OPS_MAP or _DEFAULT_POOL_OPS_MAP
+    pool_ops_map = _default_map_for_trunk(
+        settings.LINEAR_EVAL_FEAT_POOL_OPS_MAP or _DEFAULT_POOL_OPS_MAP, trunk)
     pool_ops = build_feature_pool_ops(pool_ops_map, trunk.feature_names)
     extract_only = eval_on and bool(settings.EXTRACT_TRUNK_FEATURES_ONLY)
     heads = [] if extract_only else build_heads(model_cfg.HEAD)
+    mapping = parse_input_mapping(model_cfg.get("MULTI_INPUT_HEAD_MAPPING"), len(heads),
+                                  trunk.feature_names)
     model = BaseSSLMultiInputOutputModel(
         trunk=trunk, heads=heads, feature_pool_ops=pool_ops,
         use_feature_pool_ops=eval_on and not settings.EVAL_TRUNK_AND_HEAD,
-        flatten_features=bool(settings.SHOULD_FLATTEN_FEATS))
+        flatten_features=bool(settings.SHOULD_FLATTEN_FEATS), input_mapping=mapping)
     if eval_on and (settings.FREEZE_TRUNK_ONLY or settings.FREEZE_TRUNK_AND_HEAD or extract_only):
         model.freeze_trunk()
     if eval_on and settings.FREEZE_TRUNK_AND_HEAD:

@@ -1,26 +1,82 @@
-"""Optimizers from ``OPTIMIZER``: SGD with VISSL's parameter groups (no weight decay on BN/bias).
+"""Optimizers from ``OPTIMIZER``: SGD, Adam, AdamW, and SGD with LARC, on VISSL's parameter groups.
+
+Names and keys are VISSL's (``OPTIMIZER.name: sgd | adam | adamw``, ``use_larc``,
+``larc_config.{clip, eps, trust_coefficient}``, ``betas``, ``regularize_bn``, ``regularize_bias``,
+``non_regularized_parameters``, ``head_optimizer_params``).
+
+LARC is ``timm.optim.Lars`` (design.md section 4). How VISSL's apex LARC maps onto it:
+
+=========================== ====================================================================
+VISSL (apex ``LARC``)        timm ``Lars``
+=========================== ====================================================================
+``larc_config.clip``         ``trust_clip``: the local LR ``lr * ratio`` is clipped to ``lr``
+                             (LARC); False scales the LR by the trust ratio (LARS)
+``larc_config.eps``          ``eps`` (added to the denominator of the trust ratio)
+``larc_config.trust_coef..`` ``trust_coeff``: ratio = coeff * |w| / (|g| + wd * |w| + eps)
+every parameter adapted      ``always_adapt=True``: apex adapts every parameter, including those
+                             in weight_decay = 0 groups (BatchNorm, biases); timm's default
+                             (False) would skip them (the SimCLR-paper convention)
+=========================== ====================================================================
+
+Zero norms: where |w| = 0 (a BatchNorm bias at init) both keep the plain gradient (ratio 1; under
+LARC timm clips it to min(1 / lr, 1), which is 1 for lr <= 1). Where |g| = 0 but |w| > 0, apex
+leaves the zero gradient while timm still applies ``wd * w``; that only happens for a parameter
+whose gradient exists but is exactly zero.
 
 The LR is set every update from the schedule (:mod:`sslcore.optim.schedulers`), so the optimizer
 is built with the schedule's value at ``where = 0``.
+
+Papers:
+    - [0] LARS/LARC, You et al. 2017, https://arxiv.org/abs/1708.03888
+    - [1] AdamW, Loshchilov and Hutter 2017, https://arxiv.org/abs/1711.05101
+    - [2] Adam, Kingma and Ba 2014, https://arxiv.org/abs/1412.6980
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+import logging
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
 from sslcore.config.schema import Key, declare
 
+log = logging.getLogger(__name__)
+
+OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
+
 declare("OPTIMIZER", {
-    "name": Key("sgd", str, "optimizer: 'sgd' (torch.optim.SGD)", choices=("sgd",)),
+    "name": Key("sgd", str, "optimizer: 'sgd' (torch.optim.SGD; timm.optim.Lars with use_larc), "
+                "'adam' (torch.optim.Adam, L2 weight decay), 'adamw' (torch.optim.AdamW, "
+                "decoupled weight decay)", choices=OPTIMIZER_NAMES),
     "num_epochs": Key(10, int, "training length in epochs (VISSL: phases)"),
-    "weight_decay": Key(1e-4, float, "L2 weight decay on regularised parameters"),
+    "weight_decay": Key(1e-4, float, "L2 weight decay on regularised parameters (AdamW: "
+                        "decoupled decay coefficient)"),
     "momentum": Key(0.9, float, "SGD momentum"),
-    "nesterov": Key(False, bool, "Nesterov momentum"),
+    "nesterov": Key(False, bool, "Nesterov momentum (SGD)"),
+    "betas": Key([0.9, 0.999], list, "Adam/AdamW coefficients (beta1, beta2) of the running "
+                 "averages of the gradient and its square"),
+    "use_larc": Key(False, bool, "LARC / LARS layer-wise adaptive LR (sgd only), implemented by "
+                    "timm.optim.Lars; see larc_config"),
+    "larc_config": {
+        "clip": Key(False, bool, "True: LARC (local LR clipped to the global LR); False: LARS "
+                    "(global LR scaled by the trust ratio)"),
+        "eps": Key(1e-8, float, "added to the trust ratio's denominator"),
+        "trust_coefficient": Key(0.001, float, "trust coefficient eta: ratio = eta * |w| / "
+                                 "(|g| + weight_decay * |w| + eps)"),
+    },
     "regularize_bn": Key(False, bool, "apply weight decay to normalisation-layer parameters"),
     "regularize_bias": Key(True, bool, "apply weight decay to biases"),
+    "non_regularized_parameters": Key([], list, "parameter-name substrings never decayed, e.g. "
+                                      "[pos_embed, cls_token] for a vision transformer"),
+    "head_optimizer_params": {
+        "use_different_lr": Key(False, bool, "give the heads their own LR schedule "
+                                "(param_schedulers.lr_head); not supported yet: must be False"),
+        "use_different_wd": Key(False, bool, "give the heads' regularised parameters their own "
+                                "weight decay, head_optimizer_params.weight_decay"),
+        "weight_decay": Key(1e-4, float, "weight decay of the heads when use_different_wd"),
+    },
     "param_schedulers": {
         "lr": Key(
             {"name": "cosine", "start_value": 0.1, "end_value": 0.0, "update_interval": "step",
@@ -37,39 +93,125 @@ declare("OPTIMIZER", {
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
+def _is_head(module_name: str) -> bool:
+    """Whether a module of the model (possibly DDP-wrapped: ``module.`` prefix) is in the heads."""
+    parts = module_name.split(".")
+    if parts and parts[0] == "module":
+        parts = parts[1:]
+    return bool(parts) and parts[0] == "heads"
+
+
 def split_param_groups(model: nn.Module, *, weight_decay: float, regularize_bn: bool,
-                       regularize_bias: bool) -> List[Dict[str, Any]]:
-    """Split trainable parameters into a decayed and a non-decayed group (VISSL's rules).
+                       regularize_bias: bool, non_regularized: Sequence[str] = (),
+                       head_weight_decay: Optional[float] = None) -> List[Dict[str, Any]]:
+    """Split trainable parameters into decayed and non-decayed groups (VISSL's rules).
+
+    Not decayed: parameters of BatchNorm/GroupNorm/LayerNorm modules unless ``regularize_bn``,
+    parameters named ``bias`` unless ``regularize_bias``, and any parameter whose full name
+    contains one of ``non_regularized``. Everything else is decayed.
+
+    Args:
+        model: the model (DDP-wrapped or not).
+        weight_decay: decay of the regularised parameters (>= 0).
+        regularize_bn: decay normalisation parameters.
+        regularize_bias: decay biases.
+        non_regularized: parameter-name substrings that are never decayed.
+        head_weight_decay: None puts trunk and heads together (two groups); a value splits the
+            heads (modules under ``heads.``) into their own groups with this decay.
 
     Returns:
-        Param groups for torch optimizers; empty groups are dropped.
+        Param groups for torch optimizers, in the order [decay, no decay] (then [head decay,
+        head no decay] when split); empty groups are dropped.
+
+    Raises:
+        ValueError: if a weight decay is negative.
     """
-    decay, no_decay = [], []
-    for module in model.modules():
+    if weight_decay < 0 or (head_weight_decay is not None and head_weight_decay < 0):
+        raise ValueError(f"OPTIMIZER.weight_decay must be >= 0, got {weight_decay} "
+                         f"(head: {head_weight_decay})")
+    buckets: Dict[str, List[nn.Parameter]] = {"decay": [], "no_decay": [], "head_decay": [],
+                                              "head_no_decay": []}
+    for module_name, module in model.named_modules():
         is_norm = isinstance(module, _NORM_TYPES)
+        split_head = head_weight_decay is not None and _is_head(module_name)
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad:
                 continue
-            if (is_norm and not regularize_bn) or (name == "bias" and not regularize_bias):
-                no_decay.append(param)
-            else:
-                decay.append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+            full = f"{module_name}.{name}" if module_name else name
+            excluded = any(s in full for s in non_regularized)
+            no_decay = ((is_norm and not regularize_bn) or (name == "bias" and not regularize_bias)
+                        or excluded)
+            key = ("head_" if split_head else "") + ("no_decay" if no_decay else "decay")
+            buckets[key].append(param)
+    decays = {"decay": weight_decay, "no_decay": 0.0, "head_decay": head_weight_decay,
+              "head_no_decay": 0.0}
+    return [{"params": params, "weight_decay": float(decays[key])}
+            for key, params in buckets.items() if params]
+
+
+def _check(optim_cfg: Any) -> None:
+    name = str(optim_cfg.name)
+    if name not in OPTIMIZER_NAMES:
+        raise ValueError(f"config.OPTIMIZER.name={name!r} is not supported; use one of "
+                         f"{', '.join(OPTIMIZER_NAMES)}")
+    if bool(optim_cfg.use_larc) and name != "sgd":
+        raise ValueError(f"config.OPTIMIZER.use_larc=True needs OPTIMIZER.name=sgd (LARC wraps SGD, "
+                         f"as in VISSL), got {name!r}; set use_larc=False or name=sgd")
+    if bool(optim_cfg.head_optimizer_params.use_different_lr):
+        raise ValueError("config.OPTIMIZER.head_optimizer_params.use_different_lr=True is not "
+                         "supported yet (heads follow param_schedulers.lr); set it to False")
+    betas = list(optim_cfg.betas)
+    if len(betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
+        raise ValueError(f"config.OPTIMIZER.betas must be two numbers in [0, 1), got {betas}")
 
 
 def build_optimizer(optim_cfg: Any, model: nn.Module, initial_lr: float) -> torch.optim.Optimizer:
     """Build the optimizer from ``cfg.OPTIMIZER``.
 
+    ``sgd`` is ``torch.optim.SGD`` (momentum, nesterov), or with ``use_larc`` ``timm.optim.Lars``
+    (``trust_clip=larc_config.clip``, ``trust_coeff=larc_config.trust_coefficient``,
+    ``eps=larc_config.eps``, ``always_adapt=True``: see the module docstring); ``adam`` is
+    ``torch.optim.Adam`` (L2 decay added to the gradient); ``adamw`` is ``torch.optim.AdamW``
+    (decoupled decay). All use :func:`split_param_groups`.
+
+    Args:
+        optim_cfg: the ``OPTIMIZER`` section.
+        model: the model to optimise (DDP-wrapped or not).
+        initial_lr: the LR at the start (the train loop sets it every update).
+
+    Returns:
+        The optimizer.
+
     Raises:
-        ValueError: if the model has no trainable parameter.
+        ValueError: if the model has no trainable parameter, ``name`` is unknown, LARC is asked
+            for with Adam/AdamW, ``betas`` are invalid or ``use_different_lr`` is set.
+
+    Example:
+        >>> from sslcore.config import compose_config
+        >>> cfg = compose_config(["config.OPTIMIZER.name=adamw", "config.OPTIMIZER.weight_decay=0.05"])
+        >>> opt = build_optimizer(cfg.OPTIMIZER, nn.Linear(4, 2), initial_lr=1e-3)
     """
+    _check(optim_cfg)
+    head = optim_cfg.head_optimizer_params
     groups = split_param_groups(
         model, weight_decay=float(optim_cfg.weight_decay),
         regularize_bn=bool(optim_cfg.regularize_bn), regularize_bias=bool(optim_cfg.regularize_bias),
+        non_regularized=[str(s) for s in optim_cfg.non_regularized_parameters],
+        head_weight_decay=float(head.weight_decay) if bool(head.use_different_wd) else None,
     )
     if not groups:
         raise ValueError("the model has no trainable parameters: check MODEL.FEATURE_EVAL_SETTINGS")
+    name = str(optim_cfg.name)
+    if name == "adam" or name == "adamw":
+        betas = tuple(float(b) for b in optim_cfg.betas)
+        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        return cls(groups, lr=initial_lr, betas=betas)
+    if bool(optim_cfg.use_larc):
+        from timm.optim import Lars
+
+        larc = optim_cfg.larc_config
+        return Lars(groups, lr=initial_lr, momentum=float(optim_cfg.momentum),
+                    nesterov=bool(optim_cfg.nesterov), trust_coeff=float(larc.trust_coefficient),
+                    eps=float(larc.eps), trust_clip=bool(larc.clip), always_adapt=True)
     return torch.optim.SGD(groups, lr=initial_lr, momentum=float(optim_cfg.momentum),
                            nesterov=bool(optim_cfg.nesterov))

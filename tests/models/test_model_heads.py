@@ -16,6 +16,11 @@ EXAMPLES = {
     "mlp": ({"dims": [12, 16, 5], "use_bn": True, "use_relu": True, "use_dropout": True},
             (6, 12), (6, 5)),
     "eval_mlp": ({"in_channels": 12, "dims": [12, 7]}, (6, 12, 1, 1), (6, 7)),
+    "siamese_concat_view": ({"num_towers": 3}, (6, 4), (2, 12)),
+    "swav_head": ({"dims": [12, 16, 8], "num_clusters": [5, 3], "use_bn": True}, (6, 12),
+                  [(6, 8), (6, 5), (6, 3)]),  # a list: embedding, then scores per prototype layer
+    "dino_head": ({"in_dim": 12, "num_clusters": [5], "hidden_dim": 16, "bottleneck_dim": 8,
+                   "normalize_last_layer": False}, (6, 12), (6, 5)),  # trainable weight_g
 }
 
 
@@ -27,8 +32,9 @@ def test_every_registered_head_runs_forward_and_backward(name):
     head = build_head(name, kwargs)
     x = torch.randn(*in_shape, requires_grad=True)
     out = head(x)
-    assert out.shape == out_shape and torch.isfinite(out).all()
-    out.square().mean().backward()
+    outs, shapes = (out, out_shape) if isinstance(out, list) else ([out], [out_shape])
+    assert [o.shape for o in outs] == shapes and all(torch.isfinite(o).all() for o in outs)
+    sum(o.square().mean() for o in outs).backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     for param in head.parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all()

@@ -130,18 +130,32 @@ def test_zero_init_residual_makes_blocks_start_as_identity():
     assert not torch.allclose(plain._feature_blocks.layer1[0](x), x)
 
 
+# the smallest settings and input side of the other trunks (their own tests: test_more_trunks.py)
+OTHER_TRUNKS = {
+    "regnet": (["config.MODEL.TRUNK.REGNET={name: anynet, depths: [1, 1], widths: [16, 32], "
+                "group_widths: [8, 8], bottleneck_multipliers: [1.0, 1.0], strides: [2, 2], "
+                "stem_width: 8}"], 16),
+    "vision_transformer": ([f"config.MODEL.TRUNK.VISION_TRANSFORMERS.{k}={v}" for k, v in
+                            (("IMAGE_SIZE", 16), ("PATCH_SIZE", 8), ("HIDDEN_DIM", 16),
+                             ("NUM_LAYERS", 1), ("NUM_HEADS", 2), ("MLP_DIM", 32))], 16),
+    **{name: ([], 96) for name in ("alexnet_bvlc", "alexnet_jigsaw", "alexnet_rotnet",
+                                   "alexnet_deepcluster", "alexnet_colorization")},
+}
+
+
 def test_every_registered_trunk_builds_from_config_and_trains():
-    cfg = compose_config(["config.MODEL.TRUNK.RESNETS.DEPTH=18",
-                          "config.MODEL.TRUNK.RESNETS.WIDTH_MULTIPLIER=0.125",
-                          "config.MODEL.TRUNK.RESNETS.STEM=small"])
+    base = ["config.MODEL.TRUNK.RESNETS.DEPTH=18", "config.MODEL.TRUNK.RESNETS.WIDTH_MULTIPLIER=0.125",
+            "config.MODEL.TRUNK.RESNETS.STEM=small"]
+    cfg = compose_config(base)
     for name in TRUNKS.names():
-        cfg.MODEL.TRUNK.NAME = name
+        overrides, size = OTHER_TRUNKS.get(name, ([], 16))
+        cfg = compose_config(base + overrides + [f"config.MODEL.TRUNK.NAME={name}"])
         trunk = build_trunk(cfg.MODEL.TRUNK)
-        (out,) = trunk(torch.randn(2, 3, 16, 16))
+        (out,) = trunk(torch.randn(2, 3, size, size))
         out.square().mean().backward()
         assert torch.isfinite(out).all()
-        grads = [p.grad for p in trunk.parameters()]
-        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+        grads = [p.grad for p in trunk.parameters() if p.requires_grad]  # DeepCluster's Sobel is fixed
+        assert grads and all(g is not None and torch.isfinite(g).all() for g in grads), name
     cfg.MODEL.TRUNK.NAME = "resnett"
     with pytest.raises(ValueError, match="resnet"):
         build_trunk(cfg.MODEL.TRUNK)

@@ -71,6 +71,9 @@ def build_head(name: str, params: Mapping[str, Any], *, batchnorm_eps: float = 1
 def build_heads(head_cfg: Any) -> List[nn.Module]:
     """Build every head listed in ``MODEL.HEAD.PARAMS``, in order.
 
+    An entry is one head ``[name, {kwargs}]``, or (VISSL) a head chain ``[[name, {kwargs}], ...]``
+    built as one ``nn.Sequential`` (state-dict keys ``heads.<i>.<j>.*``).
+
     Args:
         head_cfg: the ``MODEL.HEAD`` section.
 
@@ -92,11 +95,19 @@ def build_heads(head_cfg: Any) -> List[nn.Module]:
     heads = []
     for index, entry in enumerate(entries or []):
         where = f"config.MODEL.HEAD.PARAMS[{index}]"
-        if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], str)
-                and isinstance(entry[1], dict)):
-            raise ValueError(f"{where} = {entry!r}: each head is written [name, {{kwargs}}], "
-                             'e.g. ["mlp", {"dims": [2048, 128]}]')
-        heads.append(build_head(entry[0], entry[1], where=where,
-                                batchnorm_eps=float(head_cfg.BATCHNORM_EPS),
-                                batchnorm_momentum=float(head_cfg.BATCHNORM_MOMENTUM)))
+        if isinstance(entry, (list, tuple)) and entry and isinstance(entry[0], (list, tuple)):
+            heads.append(nn.Sequential(*[_build_entry(module, f"{where}[{j}]", head_cfg)
+                                         for j, module in enumerate(entry)]))
+        else:
+            heads.append(_build_entry(entry, where, head_cfg))
     return heads
+
+
+def _build_entry(entry: Any, where: str, head_cfg: Any) -> nn.Module:
+    if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], str)
+            and isinstance(entry[1], dict)):
+        raise ValueError(f"{where} = {entry!r}: each head is written [name, {{kwargs}}], "
+                         'e.g. ["mlp", {"dims": [2048, 128]}]')
+    return build_head(entry[0], entry[1], where=where,
+                      batchnorm_eps=float(head_cfg.BATCHNORM_EPS),
+                      batchnorm_momentum=float(head_cfg.BATCHNORM_MOMENTUM))
