@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig
 
 from sslcore.methods.base import SSLMethod, register_method
-from sslcore.methods.simclr import count_views
+from sslcore.methods.multicrop import count_crops
 
 
 def check_two_views(cfg: DictConfig, method: str) -> None:
@@ -29,7 +29,7 @@ def check_two_views(cfg: DictConfig, method: str) -> None:
     Raises:
         ValueError: naming ``method`` and the fix.
     """
-    views = count_views(list(cfg.DATA.TRAIN.TRANSFORMS))
+    views = count_crops(list(cfg.DATA.TRAIN.TRANSFORMS))
     if views != 2:
         raise ValueError(f"{method} needs exactly 2 views per image: start DATA.TRAIN.TRANSFORMS "
                          f"with {{name: ImgReplicatePil, num_times: 2}} (found {views} view(s))")

@@ -23,7 +23,7 @@ from torch import nn
 from sslcore.engine.checkpoint import unwrap
 from sslcore.methods.base import SSLMethod, register_method
 from sslcore.methods.momentum import MomentumEncoder, cosine_momentum
-from sslcore.methods.simclr import count_views
+from sslcore.methods.multicrop import count_crops
 from sslcore.models.model import BaseSSLMultiInputOutputModel
 
 
@@ -33,7 +33,7 @@ def require_two_views(cfg: DictConfig, method: str) -> None:
     Raises:
         ValueError: naming ``method`` and the fix.
     """
-    views = count_views(list(cfg.DATA.TRAIN.TRANSFORMS))
+    views = count_crops(list(cfg.DATA.TRAIN.TRANSFORMS))
     if views != 2:
         raise ValueError(f"{method} needs exactly 2 views per image: start DATA.TRAIN.TRANSFORMS "
                          f"with {{name: ImgReplicatePil, num_times: 2}}; found {views}")

@@ -28,40 +28,8 @@ from torch import nn
 
 from sslcore.methods.base import SSLMethod, register_method
 from sslcore.methods.momentum import MomentumEncoder, cosine_momentum
+from sslcore.methods.multicrop import count_crops, split_crops
 from sslcore.methods.temp_frozen_params import TempFrozenParams
-
-
-def count_crops(transforms: List[Any]) -> int:
-    """Crops per image made by a TRANSFORMS list: ImgPilToMultiCrop's total_num_crops, else
-    ImgReplicatePil's num_times, else 1."""
-    for t in transforms:
-        if t.get("name") == "ImgPilToMultiCrop":
-            return int(t.get("total_num_crops", sum(t.get("num_crops", []))))
-        if t.get("name") == "ImgReplicatePil":
-            return int(t.get("num_times", 2))
-    return 1
-
-
-def split_crops(data: List[torch.Tensor], num_crops: int) -> List[torch.Tensor]:
-    """The per-crop tensors of a collated batch, in collated crop order.
-
-    Args:
-        data: the batch's ``data``: tensors (V_r*B, C, H_r, W_r), each crop-major.
-        num_crops: V = sum of V_r.
-
-    Returns:
-        V tensors (B, C, H, W).
-
-    Raises:
-        ValueError: if the rows do not split into ``num_crops`` blocks of one size B.
-    """
-    rows = sum(x.shape[0] for x in data)
-    if num_crops < 1 or rows % num_crops or any(x.shape[0] % (rows // num_crops) for x in data):
-        raise ValueError(f"the batch's {[tuple(x.shape) for x in data]} do not split into "
-                         f"{num_crops} crops of equal batch size; check LOSS.dino_loss.num_crops "
-                         "against DATA.TRAIN.TRANSFORMS")
-    batch = rows // num_crops
-    return [crop for x in data for crop in x.split(batch)]
 
 
 def disable_stochastic_layers(module: nn.Module) -> None:

@@ -37,7 +37,7 @@ from sslcore.data.seeding import derive_seed
 from sslcore.engine.distributed import gather_no_grad, get_rank, get_world_size
 from sslcore.methods.base import SSLMethod, register_method
 from sslcore.methods.momentum import MomentumEncoder
-from sslcore.methods.simclr import count_views
+from sslcore.methods.multicrop import count_crops
 
 _SHUFFLE_STREAM = 0x5F0C0  # separates the shuffle seeds from every other seeded stream
 
@@ -120,7 +120,7 @@ class MoCo(SSLMethod):
                 smaller than the global batch.
         """
         train = cfg.DATA.TRAIN
-        views = count_views(list(train.TRANSFORMS))
+        views = count_crops(list(train.TRANSFORMS))
         if views != 2:
             raise ValueError("MoCo needs exactly 2 views per image (query and key): start "
                              "DATA.TRAIN.TRANSFORMS with {name: ImgReplicatePil, num_times: 2}; "

@@ -14,14 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from sslcore.methods.base import SSLMethod, register_method
-
-
-def count_views(transforms: List[Any]) -> int:
-    """Views per image made by the TRANSFORMS list (ImgReplicatePil's num_times; 1 without it)."""
-    for t in transforms:
-        if t.get("name") == "ImgReplicatePil":
-            return int(t.get("num_times", 2))
-    return 1
+from sslcore.methods.multicrop import count_crops
 
 
 @register_method
@@ -32,12 +25,12 @@ class SimCLR(SSLMethod):
 
     def __init__(self, cfg: DictConfig, model: Any, loss: Any) -> None:
         super().__init__(cfg, model, loss)
-        self.num_views = count_views(list(cfg.DATA.TRAIN.TRANSFORMS))
+        self.num_views = count_crops(list(cfg.DATA.TRAIN.TRANSFORMS))
 
     @classmethod
     def infer_config(cls, cfg: DictConfig, *, world_size: int) -> Dict[str, Any]:
         """effective_batch_size = views x BATCHSIZE_PER_REPLICA x world size; world_size."""
-        views = count_views(list(cfg.DATA.TRAIN.TRANSFORMS))
+        views = count_crops(list(cfg.DATA.TRAIN.TRANSFORMS))
         if views < 2:
             raise ValueError(
                 "SimCLR needs at least 2 views per image: add {name: ImgReplicatePil, num_times: 2} "

@@ -24,7 +24,8 @@ from sslcore.engine.launcher import run_engine
 from sslcore.losses import build_loss
 from sslcore.losses.dino import DINOLoss, teacher_temperature
 from sslcore.methods import get_method_class
-from sslcore.methods.dino import DINO, split_crops
+from sslcore.methods.dino import DINO
+from sslcore.methods.multicrop import split_crops
 from sslcore.models import build_model
 from sslcore.models.heads import build_head
 from sslcore.models.heads.dino_head import DINOHead
