@@ -1,6 +1,7 @@
 """Config: VISSL override syntax, unknown keys and wrong types refused with close matches, inference."""
 
 import math
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -107,3 +108,22 @@ def test_scheduler_errors_name_the_fix():
         build_param_scheduler({"name": "cosine", "start_value": 0.1, "end_valu": 0.0}, 1)
     with pytest.raises(KeyError, match="cosine"):
         build_param_scheduler({"name": "cosin", "start_value": 0.1, "end_value": 0.0}, 1)
+
+
+CONFIG_ROOT = Path(__file__).resolve().parents[2] / "sslcore" / "config"
+RECIPES = sorted(str(p.relative_to(CONFIG_ROOT).with_suffix("")) for p in CONFIG_ROOT.rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_shipped_recipe_composes(recipe):
+    cfg = compose_config([f"config={recipe}"])
+    assert cfg.LOSS.name or recipe.startswith(("feature_extraction", "benchmark"))
+
+
+def test_every_pretrain_method_has_imagenet_fashion_mnist_and_quick_recipes():
+    for method_dir in sorted((CONFIG_ROOT / "pretrain").iterdir()):
+        names = [p.stem for p in method_dir.glob("*.yaml")]
+        assert any(n.startswith("quick_") for n in names), method_dir.name
+        assert any("fashion_mnist" in n for n in names), method_dir.name
+        imagenet = [p for p in method_dir.glob("*.yaml") if "imagenet1k" in p.read_text()]
+        assert imagenet, f"{method_dir.name}: no ImageNet recipe"
