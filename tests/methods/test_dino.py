@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import socket
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from resume_helpers import rewind
 from sslcore.config import compose_config
 from sslcore.config.loader import CONFIG_ROOT
 from sslcore.data.transforms import build_transforms
@@ -324,10 +324,7 @@ def test_quick_dino_learns_and_resumes_exactly(fmnist_small, tmp_path):
 
     resumed = tmp_path / "resumed"
     shutil.copytree(straight, resumed, symlinks=True)
-    for f in resumed.glob("model_final*"):
-        f.unlink()
-    (resumed / "checkpoint.torch").unlink()
-    os.symlink("model_iteration10.torch", resumed / "checkpoint.torch")
+    rewind(resumed, "model_iteration10.torch")
     logged = len(_records(resumed))
     again = run_engine(common + [f"config.CHECKPOINT.DIR={resumed}"])
     after = _records(resumed)[logged:]

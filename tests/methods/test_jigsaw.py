@@ -6,13 +6,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from resume_helpers import rewind
 from sslcore.config import compose_config
 from sslcore.data import build_collator, build_transforms
 from sslcore.data.jigsaw_permutations import (
@@ -200,10 +200,7 @@ def test_quick_recipe_trains_saves_its_permutations_and_resumes(tmp_path):
     saved = run_dir / "hamming_perms_10_patches_9_max_avg.npy"
     assert np.array_equal(np.load(saved), generate_jigsaw_permutations(10, 9, seed=0))
     straight = torch.load(run_dir / "checkpoint.torch", weights_only=True)["classy_state_dict"]
-    for f in run_dir.glob("model_final*"):
-        f.unlink()
-    os.unlink(run_dir / "checkpoint.torch")
-    os.symlink("model_iteration10.torch", run_dir / "checkpoint.torch")
+    rewind(run_dir, "model_iteration10.torch")
     resumed = torch.load(run_engine(overrides), weights_only=True)["classy_state_dict"]
     assert [r["iteration"] for r in _records(run_dir)[16:]] == list(range(11, 17))
     assert [r["loss"] for r in _records(run_dir)[16:]] == pytest.approx(losses[10:], rel=1e-4, abs=1e-5)

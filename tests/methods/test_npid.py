@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from resume_helpers import rewind
 from sslcore.config import compose_config
 from sslcore.config.infer import infer_config
 from sslcore.engine.launcher import run_engine
@@ -208,10 +209,7 @@ def test_quick_recipe_trains_and_resumes_exactly(tmp_path):
     bank = straight["classy_state_dict"]["loss"]["memory_bank"]["memory"]
     assert bank.shape == (64, 32) and torch.allclose(bank.norm(dim=1), torch.ones(64))
     # resume from the iteration-6 checkpoint (inside epoch 1): the last 2 steps are redone
-    for f in run_dir.glob("model_final*"):
-        f.unlink()
-    os.unlink(run_dir / "checkpoint.torch")
-    os.symlink("model_iteration6.torch", run_dir / "checkpoint.torch")
+    rewind(run_dir, "model_iteration6.torch")
     final = run_engine(QUICK + [f"config.CHECKPOINT.DIR={run_dir}",
                                 "config.CHECKPOINT.CHECKPOINT_ITER_FREQUENCY=3"])
     assert [r["iteration"] for r in _records(run_dir)[8:]] == [7, 8]
