@@ -3,7 +3,7 @@
 from typing import List, Optional
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
 from components import SSLCORE_IMAGE
 
@@ -23,6 +23,7 @@ def pretrain(
     namespace: str = "",
     job_timeout_s: int = 604800,
     job_poll_s: float = 10.0,
+    labels: Optional[Input[Artifact]] = None,
 ):
     """Run the ``train`` engine with a VISSL recipe on the dataset; the checkpoint dir is output.
 
@@ -53,13 +54,19 @@ def pretrain(
         namespace: the job's namespace; empty: this pod's.
         job_timeout_s: seconds to wait for the PyTorchJob (default one week).
         job_poll_s: seconds between two reads of the job's status.
+        labels: train labels that replace the dataset's, e.g. ClusterFit step 1's output (the
+            clusterfit component): a directory holding exactly one ``*_train_*_lbls.npy`` (int64
+            (N,), row i labels image i of the train split). Step 2 trains on these.
 
     Raises:
-        ValueError: ``num_nodes`` > 1 without ``checkpoint_uri`` (s3://) or ``dataset_pvc``.
+        ValueError: ``num_nodes`` > 1 without ``checkpoint_uri`` (s3://) or ``dataset_pvc``;
+            ``labels`` without exactly one train labels file.
         RuntimeError: the PyTorchJob failed; the message is the job's.
         TimeoutError: the PyTorchJob ran past ``job_timeout_s``.
     """
+    import glob
     import os
+    import shutil
 
     from sslcore.engine.launcher import run_engine
     from sslcore.storage import is_remote
@@ -76,11 +83,22 @@ def pretrain(
         job = job_name()
         data_dir = str(stage_dataset(dataset.path, os.path.join(dataset_mount, job)))
     train = os.path.join(data_dir, "train")
+    label_file = f"{train}_labels.npy"
+    if labels is not None:
+        found = sorted(glob.glob(os.path.join(labels.path, "*_train_*_lbls.npy")))
+        if len(found) != 1:
+            raise ValueError(f"labels: expected one *_train_*_lbls.npy in {labels.path}, found "
+                             f"{[os.path.basename(f) for f in found]}; pass the clusterfit "
+                             "component's labels output")
+        label_file = found[0]
+        if job is not None:  # the job's pods read it from the shared PVC, beside the images
+            label_file = os.path.join(data_dir, os.path.basename(found[0]))
+            shutil.copyfile(found[0], label_file)
     args = [f"config={config}", *(overrides or []),
             "config.DATA.TRAIN.DATA_SOURCES=[disk_filelist]",
             f"config.DATA.TRAIN.DATA_PATHS=[{train}_images.npy]",
             "config.DATA.TRAIN.LABEL_SOURCES=[disk_filelist]",
-            f"config.DATA.TRAIN.LABEL_PATHS=[{train}_labels.npy]"]
+            f"config.DATA.TRAIN.LABEL_PATHS=[{label_file}]"]
     if job is not None:
         from components import SSLCORE_IMAGE as default_image
         from sslcore.k8s.stage import pretrain_on_cluster

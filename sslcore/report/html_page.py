@@ -3,7 +3,8 @@
 The page has no external assets (inline CSS, inline SVG charts), so it opens from the MinIO console,
 a KFP HTML artifact viewer or a local file alike. It shows, in order: the title and notes, the
 benchmark results with their protocol parameters (every model side by side: pretrained, random
-init, raw pixels), the training curves (loss and learning rate against iteration, dashed lines
+init, raw pixels), each benchmark's own details (per-class AP, low-shot curve, detection and
+retrieval examples: :mod:`sslcore.report.sections`), the training curves (loss and learning rate against iteration, dashed lines
 at phase starts), and the run's config. All text from inputs is HTML-escaped.
 """
 
@@ -14,8 +15,9 @@ import os
 import tempfile
 from html import escape
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from sslcore.report.sections import render_section
 from sslcore.report.svg import line_chart_svg
 from sslcore.report.table import COLUMNS, metrics_to_rows, row_cells
 from sslcore.report.train_log import phase_starts, read_train_log, summarize_train_log
@@ -51,6 +53,17 @@ def _metrics_section(metrics: Sequence[Mapping[str, Any]]) -> str:
             f"<tbody>{''.join(body)}</tbody></table>" + (f"<ul>{notes}</ul>" if notes else "") + "</section>")
 
 
+def _details_sections(result_dirs: Sequence[Tuple[str, str, PathLike]]) -> List[str]:
+    """One section per benchmark with a renderer, holding each model's fragment in input order."""
+    by_benchmark: Dict[str, List[str]] = {}
+    for model, benchmark, result_dir in result_dirs:
+        fragment = render_section(benchmark, result_dir)
+        if fragment:
+            by_benchmark.setdefault(benchmark, []).append(f"<h3>{escape(model)}</h3>{fragment}")
+    return [f"<section><h2>{escape(benchmark)}: details</h2>{''.join(parts)}</section>"
+            for benchmark, parts in by_benchmark.items()]
+
+
 def _training_section(records: List[Dict[str, Any]]) -> str:
     summary = summarize_train_log(records)
     facts = [f"{summary['records']} log records", f"last iteration {summary['last_iteration']}"]
@@ -79,6 +92,7 @@ def render_html_report(
     train_records: Optional[List[Dict[str, Any]]] = None,
     config_yaml: Optional[str] = None,
     notes: Optional[str] = None,
+    result_dirs: Sequence[Tuple[str, str, PathLike]] = (),
 ) -> str:
     """The report page as HTML text (see :func:`write_html_report` for the arguments).
 
@@ -88,6 +102,8 @@ def render_html_report(
         train_records: parsed training-log records, or None for no training section.
         config_yaml: the resolved config as YAML text, or None.
         notes: free text shown under the heading, or None.
+        result_dirs: ``(model, benchmark, directory)`` of each benchmark result whose details
+            section (when its benchmark registers one) follows the results table.
 
     Returns:
         A complete ``<!DOCTYPE html>`` document.
@@ -105,6 +121,7 @@ def render_html_report(
     if notes:
         parts.append(f'<section><h2>Notes</h2><p class="notes">{escape(notes)}</p></section>')
     parts.append(_metrics_section(metrics))
+    parts.extend(_details_sections(result_dirs))
     if train_records is not None:
         parts.append(_training_section(train_records))
     if config_yaml is not None:
@@ -121,6 +138,7 @@ def write_html_report(
     train_log: Optional[PathLike] = None,
     config_yaml: Optional[str] = None,
     notes: Optional[str] = None,
+    result_dirs: Sequence[Tuple[str, str, PathLike]] = (),
 ) -> Path:
     """Write the run report, one self-contained HTML page, atomically.
 
@@ -135,6 +153,9 @@ def write_html_report(
             The loss and LR charts get one polyline point per record with a finite value.
         config_yaml: the resolved config as YAML text, shown in a ``<pre>``, or None.
         notes: free text shown under the heading, or None.
+        result_dirs: ``(model, benchmark, directory)`` per benchmark result; a benchmark that
+            registers a renderer in :mod:`sslcore.report.sections` gets a details section
+            (per-class AP, low-shot curve, examples) built from the files in its directory.
 
     Returns:
         ``out_path`` as a Path.
@@ -150,7 +171,7 @@ def write_html_report(
     """
     records = read_train_log(train_log) if train_log is not None else None
     page = render_html_report(title=title, metrics=metrics, train_records=records,
-                              config_yaml=config_yaml, notes=notes)
+                              config_yaml=config_yaml, notes=notes, result_dirs=result_dirs)
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".html")

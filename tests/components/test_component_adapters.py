@@ -104,6 +104,23 @@ def test_pretrain_binds_data_and_checkpoint_dir_after_user_overrides(tmp_path, e
     assert model.metadata["config"] == "pretrain/simclr/x"
 
 
+def test_pretrain_on_clusterfit_labels_trains_on_them_in_place(tmp_path, engine_calls):
+    dataset = _dataset(tmp_path)
+    labels = _artifact(dsl.Artifact, tmp_path / "labels")
+    Path(labels.path).mkdir()
+    for name in ("fm_train_N8_faiss_lbls.npy", "fm_test_N8_faiss_lbls.npy"):
+        np.save(Path(labels.path) / name, np.zeros(4, dtype=np.int64))
+    pretrain.python_func(dataset=dataset, config="c", model=_artifact(dsl.Model, tmp_path / "m"),
+                         labels=labels)
+    overrides = engine_calls[0]["overrides"]
+    assert f"config.DATA.TRAIN.LABEL_PATHS=[{labels.path}/fm_train_N8_faiss_lbls.npy]" in overrides
+    assert not list(Path(dataset.path).iterdir())  # the input dataset is left untouched
+    (Path(labels.path) / "fm_train_N8_faiss_lbls.npy").unlink()
+    with pytest.raises(ValueError, match="expected one \\*_train_\\*_lbls.npy"):
+        pretrain.python_func(dataset=dataset, config="c", model=_artifact(dsl.Model, tmp_path / "m"),
+                             labels=labels)
+
+
 def test_pretrain_without_overrides(tmp_path, engine_calls):
     pretrain.python_func(dataset=_dataset(tmp_path), config="c",
                          model=_artifact(dsl.Model, tmp_path / "model"))

@@ -114,6 +114,27 @@ def test_report_without_optional_parts(tmp_path):
     assert "svg" not in tags and "pre" not in tags and "No benchmark results." in "".join(parsed.text)
 
 
+def test_benchmark_details_follow_the_table_grouped_by_benchmark(tmp_path, monkeypatch):
+    from sslcore.report.sections import SECTIONS
+
+    def render(result_dir):
+        return f"<section><p>{(result_dir / 'note.txt').read_text()}</p></section>"
+
+    monkeypatch.setitem(SECTIONS._entries, "details_probe", render)
+    dirs = []
+    for model in ("pretrained", "random <init>"):
+        (tmp_path / model).mkdir()
+        (tmp_path / model / "note.txt").write_text(f"from {model.split()[0]}")
+        dirs.append((model, "details_probe", tmp_path / model))
+    dirs.append(("pretrained", "knn", tmp_path))  # no renderer: nothing added
+    parsed = _parse(write_html_report(tmp_path / "report.html", title="t", metrics=METRICS,
+                                      result_dirs=dirs))
+    text = "".join(parsed.text)
+    assert text.count("details_probe: details") == 1 and "knn: details" not in text
+    assert text.index("Benchmarks") < text.index("from pretrained") < text.index("from random")
+    assert "random <init>" in text  # escaped in the HTML, read back as text
+
+
 def test_bad_inputs(tmp_path):
     with pytest.raises(FileNotFoundError, match="training log"):
         write_html_report(tmp_path / "r.html", title="t", metrics=[], train_log=tmp_path / "none.jsonl")
