@@ -18,6 +18,17 @@ def report(
     random_init_linear: Optional[Input[Metrics]] = None,
     raw_pixels_knn: Optional[Input[Metrics]] = None,
     raw_pixels_linear: Optional[Input[Metrics]] = None,
+    pretrained_svm: Optional[Input[Metrics]] = None,
+    random_init_svm: Optional[Input[Metrics]] = None,
+    pretrained_low_shot: Optional[Input[Metrics]] = None,
+    random_init_low_shot: Optional[Input[Metrics]] = None,
+    pretrained_detection: Optional[Input[Metrics]] = None,
+    random_init_detection: Optional[Input[Metrics]] = None,
+    pretrained_retrieval: Optional[Input[Metrics]] = None,
+    random_init_retrieval: Optional[Input[Metrics]] = None,
+    pretrained_linear_eval: Optional[Input[Metrics]] = None,
+    pretrained_finetune: Optional[Input[Metrics]] = None,
+    pretrained_clusterfit: Optional[Input[Metrics]] = None,
     checkpoint: Optional[Input[Model]] = None,
     title: str = "sslcore: pretrain and evaluate",
     checkpoint_uri: str = "",
@@ -38,6 +49,10 @@ def report(
             "raw pixels"}, ...], "checkpoint_file", "checkpoint_uri"}``.
         random_init_knn, random_init_linear, raw_pixels_knn, raw_pixels_linear: the baselines'
             outputs, when the pipeline ran them.
+        pretrained_svm ... pretrained_clusterfit: the other benchmarks' outputs (VOC07 SVM,
+            low-shot SVM, detection, retrieval, linear through the trunk, finetuning, ClusterFit
+            labels), each a directory with ``metrics.json`` and the files its details section
+            shows. A benchmark the pipeline disabled has no records and is left out.
         checkpoint: the pretrain output directory; its ``stdout.json`` (training log, JSON lines)
             and ``train_config.yaml`` (resolved config) go into the report when present.
         title: the report's title.
@@ -55,13 +70,23 @@ def report(
 
     inputs = [("pretrained", pretrained_knn), ("pretrained", pretrained_linear),
               ("random init", random_init_knn), ("random init", random_init_linear),
-              ("raw pixels", raw_pixels_knn), ("raw pixels", raw_pixels_linear)]
-    rows = []
+              ("raw pixels", raw_pixels_knn), ("raw pixels", raw_pixels_linear),
+              ("pretrained", pretrained_svm), ("random init", random_init_svm),
+              ("pretrained", pretrained_low_shot), ("random init", random_init_low_shot),
+              ("pretrained", pretrained_detection), ("random init", random_init_detection),
+              ("pretrained", pretrained_retrieval), ("random init", random_init_retrieval),
+              ("pretrained", pretrained_linear_eval), ("pretrained", pretrained_finetune),
+              ("pretrained", pretrained_clusterfit)]
+    rows, result_dirs = [], []
     for model_name, artifact in inputs:
         if artifact is None:
             continue
         with open(os.path.join(artifact.path, "metrics.json")) as fh:
-            rows.append({**json.load(fh), "model": model_name})
+            metrics = json.load(fh)
+        if not metrics.get("records"):  # a benchmark the pipeline switched off
+            continue
+        rows.append({**metrics, "model": model_name})
+        result_dirs.append((model_name, metrics["benchmark"], artifact.path))
     table = format_metrics_table(rows)
     print(table)
 
@@ -73,14 +98,14 @@ def report(
         if os.path.isfile(config_path):
             with open(config_path) as fh:
                 config_yaml = fh.read()
-    baselines = len(rows) > 2
+    baselines = any(row["model"] != "pretrained" for row in rows)
     notes = ("pretrained: the trunk after self-supervised pretraining"
              + ("; random init: the same trunk with random weights; raw pixels: the flattened "
                 "images" if baselines else "")
-             + ". Features are frozen; kNN and linear classifiers are fit on the train split and "
-             "measured on the test split.")
+             + ". kNN, linear and SVM classifiers are fit on frozen features of the train split "
+             "and measured on the test split; each row names its protocol parameters.")
     write_html_report(html.path, title=title, metrics=rows, train_log=train_log,
-                      config_yaml=config_yaml, notes=notes)
+                      config_yaml=config_yaml, notes=notes, result_dirs=result_dirs)
 
     checkpoint_file = checkpoint.metadata.get("checkpoint_file") if checkpoint is not None else None
     document = {"title": title, "table": table, "rows": rows,

@@ -270,9 +270,9 @@ def test_report_gathers_rows_with_model_names(tmp_path, monkeypatch):
         calls["table"] = rows
         return "TABLE"
 
-    def fake_html(out_path, *, title, metrics, train_log, config_yaml, notes):
+    def fake_html(out_path, *, title, metrics, train_log, config_yaml, notes, result_dirs):
         calls["html"] = dict(out_path=out_path, title=title, metrics=metrics, train_log=train_log,
-                             config_yaml=config_yaml, notes=notes)
+                             config_yaml=config_yaml, notes=notes, result_dirs=result_dirs)
         Path(out_path).write_text("<html></html>")
         return Path(out_path)
 
@@ -289,12 +289,27 @@ def test_report_gathers_rows_with_model_names(tmp_path, monkeypatch):
                                           "random init", "raw pixels", "raw pixels"]
     assert [r["benchmark"] for r in rows] == ["knn", "linear"] * 3
     assert calls["html"]["metrics"] == rows
+    assert [(m, b) for m, b, _ in calls["html"]["result_dirs"]] == [
+        (r["model"], r["benchmark"]) for r in rows]
     assert calls["html"]["train_log"] == str(tmp_path / "model" / "stdout.json")
     assert calls["html"]["config_yaml"].startswith("config:")
     assert calls["html"]["title"] == "T"
     written = json.loads((tmp_path / "summary" / "summary.json").read_text())
     assert written == {"title": "T", "table": "TABLE", "rows": rows,
                        "checkpoint_file": "model_final.torch", "checkpoint_uri": None}
+
+
+def test_report_leaves_out_switched_off_benchmarks(tmp_path):
+    inputs = _report_inputs(tmp_path)
+    off = tmp_path / "svm_off"
+    off.mkdir()
+    (off / "metrics.json").write_text(json.dumps({"benchmark": "svm", "records": [],
+                                                  "skipped": "run_svm is false"}))
+    summary = _artifact(dsl.Artifact, tmp_path / "summary")
+    report.python_func(html=_artifact(dsl.HTML, tmp_path / "r.html"), summary=summary,
+                       pretrained_svm=_artifact(dsl.Metrics, off), **inputs)
+    rows = json.loads((tmp_path / "summary" / "summary.json").read_text())["rows"]
+    assert len(rows) == 6 and "svm" not in {r["benchmark"] for r in rows}
 
 
 def test_report_of_a_benchmark_run_publishes_the_summary_to_results_uri(tmp_path):

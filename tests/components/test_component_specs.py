@@ -41,6 +41,11 @@ EXPECTED_SIGNATURES = {
              "html": Output[HTML], "summary": Output[Artifact],
              **{f"{m}_{b}": Optional[Input[Metrics]] for m in ("random_init", "raw_pixels")
                 for b in ("knn", "linear")},
+             **{f"{m}_{b}": Optional[Input[Metrics]]
+                for b in ("svm", "low_shot", "detection", "retrieval")
+                for m in ("pretrained", "random_init")},
+             **{f"pretrained_{b}": Optional[Input[Metrics]]
+                for b in ("linear_eval", "finetune", "clusterfit")},
              "checkpoint": Optional[Input[Model]], "title": str, "checkpoint_uri": str,
              "results_uri": str},
 }
