@@ -8,6 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sslcore-installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+LABELME := /usr/share/doc/labelme-examples/examples/bbox_detection/data_dataset_voc/Annotations/2011_000003.xml
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # torch/torchvision are pinned here (the index's CUDA build, which also runs on CPU)
 TORCH_PINS := torch==2.14.1 torchvision==0.29.2
@@ -32,11 +33,14 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
 	touch $@
 
-data: $(FMNIST)
+data: $(FMNIST) $(LABELME)
 
-$(FMNIST):
+# one file of each package is the guard; minimal images that drop /usr/share/doc (a dpkg
+# path-exclude) must keep /usr/share/doc/labelme-examples/*
+$(FMNIST) $(LABELME):
 	$(SUDO) apt-get update -qq
-	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+	$(SUDO) apt-get install -y -qq dataset-fashion-mnist labelme-examples
+	@test -f $@ || { echo "$@ missing after apt-get install: is /usr/share/doc excluded by dpkg (path-exclude in /etc/dpkg/dpkg.cfg.d)?"; exit 1; }
 
 run: install data
 	$(BIN)/sslcore pipelines run ssl_pretrain_eval --run-dir $(RUN_DIR)

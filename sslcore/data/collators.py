@@ -3,7 +3,7 @@
 Batch format (the engine relies on it)::
 
     {"data": [Tensor (N, C, H, W), ...],   # a list: one tensor per group (see each collator)
-     "label": Tensor (N,) int64,
+     "label": Tensor (N,) int64,          # (N, C) for multi-hot labels
      "data_idx": Tensor (N,) int64,         # dataset index of each row
      "num_skipped": int}                    # samples dropped because data_valid was False
 

@@ -15,7 +15,7 @@ LABEL_PATHS, DATASET_NAMES, LABEL_TYPE, DATA_LIMIT, SYNTHETIC.* (declared below)
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -97,7 +97,8 @@ class SSLDataset(torch.utils.data.Dataset):
 
     Args:
         sources: data sources of equal length N; each gives one view per sample.
-        labels: (N,) int64 labels, needed for ``label_type="standard"``.
+        labels: (N,) int64 labels, or (N, C) int64 multi-hot labels (a sample's label is then a
+            list of C ints and batches carry (B, C) labels); needed for ``label_type="standard"``.
         label_type: ``standard``, ``sample_index`` (label = dataset index) or ``zero``.
         transform: ``sample -> sample`` (see :func:`sslcore.data.transforms.build_transforms`);
             None keeps PIL images.
@@ -155,19 +156,20 @@ class SSLDataset(torch.utils.data.Dataset):
         return int(self._indices[idx]) if self._indices is not None else int(idx)
 
     def labels(self) -> np.ndarray:
-        """Labels of every sample in dataset order, as ``__getitem__`` gives them: (len,) int64."""
+        """Labels of every sample in dataset order, as ``__getitem__`` gives them: (len,) or
+        (len, C) int64."""
         if self.label_type == "sample_index":
             return np.arange(len(self), dtype=np.int64)
         if self.label_type == "zero":
             return np.zeros(len(self), dtype=np.int64)
         return self._labels if self._indices is None else self._labels[self._indices]
 
-    def _label(self, idx: int, src_idx: int) -> int:
+    def _label(self, idx: int, src_idx: int) -> Union[int, List[int]]:
         if self.label_type == "sample_index":
             return idx
         if self.label_type == "zero":
             return 0
-        return int(self._labels[src_idx])
+        return self._labels[src_idx].tolist()  # an int, or C ints for (N, C) multi-hot labels
 
     def _load(self, source: DataSource, src_idx: int) -> Optional[Image.Image]:
         try:

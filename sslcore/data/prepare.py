@@ -2,7 +2,8 @@
 
 ``prepare_dataset(source, out_dir)`` dispatches on ``source``:
 
-- a built-in name (``"fashion_mnist"``): build it from the locally installed raw files;
+- a built-in name (``"fashion_mnist"``, ``"fashion_mnist_scenes"``): build it from the locally
+  installed raw files;
 - an existing local directory (e.g. on a dataset PVC): copy it, then verify names, sizes and counts;
 - ``s3://bucket/prefix``: download every object under the prefix (through :mod:`sslcore.storage`);
 - ``http(s)://.../name.tar[.gz|.bz2|.xz]`` or ``.zip``: download the archive and unpack it.
@@ -33,6 +34,7 @@ from sslcore.data.manifest import (
     verify_dataset,
     write_manifest,
 )
+from sslcore.data.scenes import prepare_fashion_mnist_scenes
 from sslcore.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 # built-in data sets: fn(out_dir, *, limit_train, limit_test) -> Path of the prepared directory
 BUILTIN_DATASETS: Registry[Callable[..., Path]] = Registry("built-in dataset")
 BUILTIN_DATASETS.register("fashion_mnist")(prepare_fashion_mnist)
+BUILTIN_DATASETS.register("fashion_mnist_scenes")(prepare_fashion_mnist_scenes)
 
 # URI schemes: fn(uri, out_dir, to_filelist) -> manifest dict
 URI_HANDLERS: Registry[Callable[[str, Path, bool], Dict[str, Any]]] = Registry("dataset URI scheme")
@@ -47,7 +50,8 @@ ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip")
 
 
 def prepare_dataset(source: str, out_dir: Union[str, Path], *, limit_train: Optional[int] = None,
-                    limit_test: Optional[int] = None, to_filelist: bool = True) -> Dict[str, Any]:
+                    limit_test: Optional[int] = None, to_filelist: bool = True,
+                    options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Materialise a dataset in ``out_dir`` and return its verified manifest.
 
     Args:
@@ -57,6 +61,8 @@ def prepare_dataset(source: str, out_dir: Union[str, Path], *, limit_train: Opti
         limit_train: subset size of the train split (built-in sets only; see each builder).
         limit_test: subset size of the test split (built-in sets only).
         to_filelist: give a copied disk_folder dataset the disk_filelist layout too.
+        options: extra keyword arguments of a built-in set's builder (e.g. ``canvas_size`` and
+            ``seed`` for ``fashion_mnist_scenes``); not allowed for copies.
 
     Returns:
         The manifest of ``out_dir`` (see :mod:`sslcore.data.manifest`).
@@ -75,8 +81,12 @@ def prepare_dataset(source: str, out_dir: Union[str, Path], *, limit_train: Opti
     """
     out_dir = Path(out_dir)
     if source in BUILTIN_DATASETS:
-        root = BUILTIN_DATASETS.get(source)(out_dir, limit_train=limit_train, limit_test=limit_test)
+        root = BUILTIN_DATASETS.get(source)(out_dir, limit_train=limit_train, limit_test=limit_test,
+                                            **(options or {}))
         return verify_dataset(root)
+    if options:
+        raise ValueError(f"builder options {sorted(options)} apply to built-in sets only, not to "
+                         f"'{source}'; drop them")
     scheme = urlparse(source).scheme
     if scheme and len(scheme) > 1:  # one letter would be a Windows drive
         if scheme not in URI_HANDLERS:

@@ -152,17 +152,18 @@ def load_npy(path: Union[str, Path], what: str) -> np.ndarray:
 
 
 def load_label_array(path: Union[str, Path]) -> np.ndarray:
-    """Load a labels ``.npy``: (N,) integers, returned as int64.
+    """Load a labels ``.npy``: (N,) class ids or (N, C) multi-hot integers (VISSL's VOC
+    convention: 1 present, 0 difficult only, -1 absent), returned as int64.
 
     Raises:
         FileNotFoundError: if the file is missing.
-        ValueError: if the array is not 1-D integer.
+        ValueError: if the array is not 1-D or 2-D integer.
     """
     labels = load_npy(path, "labels")
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    if labels.ndim not in (1, 2) or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(
             f"labels file {path} holds {labels.dtype} {labels.shape}; expected (N,) integers, "
-            "one class id per image"
+            "one class id per image, or (N, C) integer multi-hot labels"
         )
     return labels.astype(np.int64)
 
@@ -267,7 +268,7 @@ def load_labels(label_source: str, label_path: str, split_cfg: Dict[str, Any]) -
     that source built from ``label_path``.
 
     Returns:
-        (N,) int64.
+        (N,) int64, or (N, C) int64 multi-hot from a disk_filelist labels file.
 
     Raises:
         KeyError: unknown label source.
