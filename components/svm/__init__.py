@@ -1,0 +1,5 @@
+"""The svm component."""
+
+from components.svm.component import svm
+
+__all__ = ["svm"]
