@@ -186,6 +186,8 @@ def init_model_from_weights(model: nn.Module, params_file: str, *,
 
     Keys are matched by name after REMOVE_PREFIX then APPEND_PREFIX; keys containing a
     SKIP_LAYERS entry are skipped; shapes must agree. ``params_file`` may be an ``s3://`` URI.
+    ``skip_layers=None`` means the config default, ``["num_batches_tracked"]``; pass ``[]`` to
+    skip nothing. Files in other formats go through ``sslcore convert`` first.
 
     Returns:
         ``{"loaded": [...], "skipped": [...], "missing": [...], "unexpected": [...]}`` (logged).
@@ -198,7 +200,7 @@ def init_model_from_weights(model: nn.Module, params_file: str, *,
     local = copy_to_local(params_file, cache_dir("weights"))  # s3:// files are downloaded first
     state = _extract_state(load_checkpoint(local), state_dict_key_name)
     own = unwrap(model).state_dict()
-    skip = list(skip_layers or [])
+    skip = ["num_batches_tracked"] if skip_layers is None else list(skip_layers)
     renamed = {}
     for key, value in state.items():
         if remove_prefix and key.startswith(remove_prefix):

@@ -1,0 +1,5 @@
+"""The convert component."""
+
+from components.convert.component import convert
+
+__all__ = ["convert"]
