@@ -113,7 +113,7 @@ def pretrain(
                            engine_name="train")
     final = str(final)
     if is_remote(final):
-        from sslcore.k8s.stage import fetch_run
+        from sslcore.engine.remote import fetch_run
 
         fetch_run(final, model.path)
         model.metadata["checkpoint_uri"] = final

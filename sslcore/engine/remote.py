@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from sslcore.engine import checkpoint as ckpt
 from sslcore.engine.distributed import barrier, is_primary
@@ -167,3 +167,32 @@ def staging_dir(run_dir: str) -> Path:
     from sslcore.storage import is_remote, local_mirror
 
     return local_mirror(run_dir) if is_remote(run_dir) else Path(os.path.expanduser(run_dir))
+
+
+RUN_FILES = ("stdout.json", "train_config.yaml")
+
+
+def fetch_run(checkpoint: str, out_dir: Path) -> List[Path]:
+    """Copy a final checkpoint, and its run's log and config when they sit beside it, to ``out_dir``.
+
+    Args:
+        checkpoint: ``s3://.../<run>/<checkpoint file>`` or a local checkpoint file.
+        out_dir: local directory (a Model artifact: the pretrain or import_checkpoint output).
+
+    Returns:
+        The local files written (checkpoint first, then those of :data:`RUN_FILES` found).
+
+    Raises:
+        FileNotFoundError: the checkpoint does not exist.
+        StorageError: remote failure.
+    """
+    run_dir, _, name = str(checkpoint).rpartition("/")
+    out_dir = Path(out_dir)
+    written = [out_dir / name]
+    download_file(checkpoint, written[0])
+    for companion in RUN_FILES:
+        uri = join_uri(run_dir, companion)
+        if exists(uri):
+            download_file(uri, out_dir / companion)
+            written.append(out_dir / companion)
+    return written

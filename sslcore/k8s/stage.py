@@ -13,15 +13,14 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
-from sslcore.storage import download_file, exists, is_remote, join_uri, read_latest_pointer
+from sslcore.storage import is_remote, join_uri, read_latest_pointer
 
 log = logging.getLogger(__name__)
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 # files of a run directory that downstream stages read besides the checkpoint
-RUN_FILES = ("stdout.json", "train_config.yaml")
 
 
 def current_namespace(default: str = "default") -> str:
@@ -112,29 +111,3 @@ def stage_dataset(src: Path, dest: Path) -> Path:
         raise FileNotFoundError(f"dataset {src} is not a directory")
     shutil.copytree(src, dest, dirs_exist_ok=True)
     return Path(dest)
-
-
-def fetch_run(checkpoint: str, out_dir: Path) -> List[Path]:
-    """Download a remote final checkpoint and its run's log and config into ``out_dir``.
-
-    Args:
-        checkpoint: ``s3://.../<run>/<checkpoint file>``.
-        out_dir: local directory (the pretrain component's Model artifact).
-
-    Returns:
-        The local files written (checkpoint first).
-
-    Raises:
-        FileNotFoundError: the checkpoint does not exist.
-        StorageError: remote failure.
-    """
-    run_dir, _, name = checkpoint.rpartition("/")
-    out_dir = Path(out_dir)
-    written = [out_dir / name]
-    download_file(checkpoint, written[0])
-    for companion in RUN_FILES:
-        uri = join_uri(run_dir, companion)
-        if exists(uri):
-            download_file(uri, out_dir / companion)
-            written.append(out_dir / companion)
-    return written
