@@ -157,6 +157,25 @@ def write_metrics(out_dir: PathLike, benchmark: str, records: List[Mapping[str, 
     return path
 
 
+def write_skipped(out_dir: PathLike, benchmark: str, reason: str) -> Path:
+    """Write the ``metrics.json`` of a benchmark that did not run: no records, and why.
+
+    A pipeline switches a benchmark off with a parameter but still wires its output into the
+    report (KFP cannot pass an artifact out of a ``dsl.If`` branch to a task outside it, and
+    ``kfp.local`` does not run ``dsl.OneOf`` over artifacts), so the task runs, writes this and
+    returns; the report leaves out results without records.
+
+    Args:
+        out_dir: the benchmark's output directory; created if missing.
+        benchmark: the benchmark's name, e.g. ``"svm"``.
+        reason: shown as ``"skipped"`` in the file, e.g. ``"run_svm is false"``.
+
+    Returns:
+        The path of the written file.
+    """
+    return write_metrics(out_dir, benchmark, [], extra={"skipped": reason})
+
+
 def read_metrics(path_or_dir: PathLike) -> Dict[str, Any]:
     """Read a ``metrics.json`` file, or the one inside a directory.
 

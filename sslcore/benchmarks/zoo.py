@@ -57,6 +57,47 @@ def _flow(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
 
 
+def _scale_milestones(node: Any, factor: float, epochs: int) -> bool:
+    """Scale every ``milestones`` list in a scheduler tree in place; True when one changed."""
+    changed = False
+    if isinstance(node, dict):
+        if "milestones" in node:
+            scaled = sorted({min(max(1, int(m * factor)), epochs - 1) for m in node["milestones"]})
+            if scaled != list(node["milestones"]):
+                node["milestones"] = scaled
+                node["values"] = list(node["values"])[: len(scaled) + 1]
+                changed = True
+        changed |= any([_scale_milestones(v, factor, epochs) for v in node.values()])
+    elif isinstance(node, list):
+        changed |= any([_scale_milestones(v, factor, epochs) for v in node])
+    return changed
+
+
+def schedule_overrides(recipe: str, epochs: int) -> List[str]:
+    """Overrides that compress a recipe's step-decay milestones into an ``epochs`` budget.
+
+    A multistep schedule written for the recipe's ``num_epochs`` (e.g. NPID's decays at epochs
+    30 and 40 of 50) cannot run for fewer epochs than its milestones; each milestone m becomes
+    ``int(m * epochs / num_epochs)``, kept in [1, epochs - 1] and made unique (dropping the
+    values of merged steps), so the decays keep their relative place in the shorter run.
+    Cosine, linear and constant schedules scale themselves and need nothing.
+
+    Returns:
+        ``[]``, or one override of ``config.OPTIMIZER.param_schedulers.lr``.
+    """
+    from omegaconf import OmegaConf
+
+    from sslcore.config.loader import compose_config
+
+    optimizer = compose_config([f"config={recipe}"]).OPTIMIZER
+    lr = OmegaConf.to_container(optimizer.param_schedulers.lr)
+    if epochs < 2 or epochs >= int(optimizer.num_epochs):
+        return []
+    if not _scale_milestones(lr, epochs / int(optimizer.num_epochs), epochs):
+        return []
+    return [f"config.OPTIMIZER.param_schedulers.lr={_flow(lr)}"]
+
+
 def _knn(features: Path, out: Path, layer: str) -> Dict[str, float]:
     from sslcore.benchmarks.knn import run_knn_benchmark
 
@@ -100,7 +141,8 @@ def run_method(method: str, data: Path, out: Path, *, epochs: int, workers: int 
                         f"config.DATA.NUM_DATALOADER_WORKERS={workers}",
                         "config.DATA.TRAIN.DATA_LIMIT=-1",
                         "config.HOOKS.TENSORBOARD_SETUP.USE_TENSORBOARD=false",
-                        f"config.CHECKPOINT.DIR={run_dir / 'train'}", *extra])
+                        f"config.CHECKPOINT.DIR={run_dir / 'train'}",
+                        *schedule_overrides(recipe_for(method), epochs), *extra])
     seconds = time.monotonic() - start
     trunk = torch.load(final, map_location="cpu", weights_only=True)["config"]["MODEL"]["TRUNK"]
     log_lines = (run_dir / "train" / "stdout.json").read_text().splitlines()

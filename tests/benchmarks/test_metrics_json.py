@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from sslcore.benchmarks.metrics import make_record, read_metrics, topk_accuracy, write_metrics
+from sslcore.benchmarks.metrics import (make_record, read_metrics, topk_accuracy, write_metrics,
+                                        write_skipped)
 
 
 def test_round_trip_with_numpy_values(tmp_path):
@@ -67,3 +68,9 @@ def test_topk_accuracy_counts_and_tie_break():
 def test_topk_accuracy_rejects_bad_labels():
     with pytest.raises(ValueError, match=r"\[0, 2\)"):
         topk_accuracy(np.zeros((2, 2)), np.array([0, 2]))
+
+
+def test_a_skipped_benchmark_reads_back_with_no_records_and_its_reason(tmp_path):
+    write_skipped(tmp_path / "svm", "svm", "run_svm is false")
+    read = read_metrics(tmp_path / "svm")
+    assert read == {"benchmark": "svm", "records": [], "skipped": "run_svm is false"}

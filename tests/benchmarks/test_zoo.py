@@ -29,3 +29,18 @@ def test_table_format():
     rows = [{"method": "m", "epochs": 2, "top1": {"k200_T0.1": 71.234, "k20_T0.07": 70.0},
              "train_seconds": 3.5, "final_loss": 1.23456}]
     assert "| m | 2 | 71.23 | 70.00 | 3.5 | 1.235 |" in format_zoo_table(rows, note="n")
+
+
+def test_step_decays_are_compressed_into_the_budget_and_the_recipe_composes():
+    from sslcore.benchmarks.zoo import schedule_overrides
+    from sslcore.config.loader import compose_config
+
+    recipe = "pretrain/npid/npid_fashion_mnist"  # multistep at epochs 30 and 40 of 50
+    (override,) = schedule_overrides(recipe, 3)
+    lr = compose_config([f"config={recipe}", "config.OPTIMIZER.num_epochs=3", override]
+                        ).OPTIMIZER.param_schedulers.lr
+    assert list(lr["milestones"]) == [1, 2] and list(lr["values"]) == [0.03, 0.003, 0.0003]
+    (override,) = schedule_overrides(recipe, 10)
+    assert "milestones: [6, 8]" in override
+    assert schedule_overrides(recipe, 50) == [] and schedule_overrides(recipe, 1) == []
+    assert schedule_overrides("pretrain/simclr/simclr_fashion_mnist_cpu", 3) == []  # cosine
