@@ -295,3 +295,19 @@ def _write(out_dir: Path, labels_file: Path, labels: np.ndarray, centroids: Any,
     (out_dir / f"{stem}_stats.json").write_text(json.dumps(stats, indent=1))
     log.info("wrote %d cluster labels to %s (%d empty clusters, inertia %.4g)", len(labels),
              labels_file, stats["empty_clusters"], stats["inertia"])
+
+
+def write_cluster_files(out_dir: Path, labels_file: Path, labels: np.ndarray, centroids: Any,
+                        stats: Dict[str, Any]) -> None:
+    """Write one split's ``<stem>_lbls.npy``, ``<stem>_centroids.npy`` (when given) and ``<stem>_stats.json``.
+
+    The files the engine writes, for callers outside it (the ``clusterfit`` pipeline stage).
+
+    Args:
+        out_dir: the output directory (created).
+        labels_file: ``out_dir / "<stem>_lbls.npy"``.
+        labels: (N,) int64 cluster per sample (row i = sample i, see :func:`labels_by_sample`).
+        centroids: (K, D) float32, or None (a split assigned to existing centroids).
+        stats: :func:`cluster_stats` output.
+    """
+    _write(out_dir, labels_file, labels, centroids, stats)

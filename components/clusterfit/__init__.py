@@ -1,0 +1,5 @@
+"""The clusterfit component."""
+
+from components.clusterfit.component import clusterfit
+
+__all__ = ["clusterfit"]
