@@ -1,0 +1,5 @@
+"""The detection component."""
+
+from components.detection.component import detection
+
+__all__ = ["detection"]
