@@ -239,7 +239,7 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("detectron2") is None, reason="detectron2 is not installed")
 def test_detectron2_path_runs(scenes, tmp_path):
-    from sslcore.benchmarks.detection import run_detectron2_detection_benchmark
+    from sslcore.benchmarks.detection_detectron2 import run_detectron2_detection_benchmark
 
     metrics = run_detectron2_detection_benchmark(scenes, tmp_path / "d2", iterations=2, batch_size=2)
     assert {r["name"] for r in metrics["records"]} >= {"AP50"}
