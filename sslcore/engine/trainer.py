@@ -23,8 +23,9 @@ from torch import nn
 from sslcore.config.schema import Key, declare
 from sslcore.engine import checkpoint as ckpt
 from sslcore.engine.distributed import barrier, get_rank, get_world_size
+from sslcore.engine.evaluation import evaluation_hooks, run_test_only
 from sslcore.engine.hooks import Hook, hook_names, run_hooks
-from sslcore.optim.optimizer import build_optimizer
+from sslcore.optim.optimizer import build_head_lr_schedule, build_optimizer, set_learning_rates
 from sslcore.optim.schedulers import build_param_scheduler
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ class TrainTask:
     last_output: Any = None
     last_loss: Optional[torch.Tensor] = None
     last_batch_images: int = 0
+    last_target: Optional[torch.Tensor] = None
+    head_lr_schedule: Any = None
     num_skipped: int = 0
     hooks: List[Hook] = field(default_factory=list)
 
@@ -82,10 +85,21 @@ class TrainTask:
     @property
     def where(self) -> float:
         """Fraction of training done, in [0, 1), as the LR schedules expect."""
-        interval = self.cfg.OPTIMIZER.param_schedulers.lr.get("update_interval", "step")
+        return self.where_for(self.cfg.OPTIMIZER.param_schedulers.lr.get("update_interval", "step"))
+
+    def where_for(self, interval: str) -> float:
+        """Fraction of training done for a schedule updated per ``"step"`` or per ``"epoch"``."""
         if interval == "epoch":
             return min(self.phase_idx / self.num_phases, 1 - 1e-9)
         return min(self.iteration / self.max_iteration, 1 - 1e-9)
+
+    def learning_rates(self) -> tuple:
+        """``(lr, head_lr)`` at the current point; head_lr is None without a head schedule."""
+        lr = float(self.lr_schedule(self.where))
+        if self.head_lr_schedule is None:
+            return lr, None
+        interval = self.cfg.OPTIMIZER.param_schedulers.lr_head.get("update_interval", "step")
+        return lr, float(self.head_lr_schedule(self.where_for(interval)))
 
 
 def seed_everything(seed: int) -> None:
@@ -125,7 +139,10 @@ def build_task(cfg: DictConfig, device: torch.device) -> TrainTask:
     method = get_method_class(str(cfg.LOSS.name))(cfg, model, loss)
     lr_params = OmegaConf.to_container(cfg.OPTIMIZER.param_schedulers.lr, resolve=True)
     lr_schedule = build_param_scheduler(lr_params, int(cfg.OPTIMIZER.num_epochs))
-    optimizer = build_optimizer(cfg.OPTIMIZER, model, float(lr_schedule(0.0)))
+    global_batch = int(cfg.DATA.TRAIN.BATCHSIZE_PER_REPLICA) * get_world_size()
+    head_lr_schedule = build_head_lr_schedule(cfg.OPTIMIZER, global_batch_size=global_batch)
+    optimizer = build_optimizer(cfg.OPTIMIZER, model, float(lr_schedule(0.0)),
+                                None if head_lr_schedule is None else float(head_lr_schedule(0.0)))
     dataset = build_dataset(cfg, "TRAIN")
     loader = build_dataloader(cfg, "TRAIN", dataset, world_size=get_world_size(), rank=get_rank(),
                               shuffle=True)
@@ -143,7 +160,7 @@ def build_task(cfg: DictConfig, device: torch.device) -> TrainTask:
     return TrainTask(cfg=cfg, device=device, model=model, method=method, optimizer=optimizer,
                      lr_schedule=lr_schedule, loader=loader, scaler=scaler,
                      ckpt_dir=staging_dir(str(cfg.CHECKPOINT.DIR)), num_phases=int(cfg.OPTIMIZER.num_epochs),
-                     iters_per_phase=len(loader))
+                     iters_per_phase=len(loader), head_lr_schedule=head_lr_schedule)
 
 
 def restore(task: TrainTask) -> None:
@@ -183,6 +200,7 @@ def train_step(task: TrainTask, batch: Dict[str, Any]) -> None:
     task.last_batch_images = int(batch["data_idx"].unique().numel()) * get_world_size()
     batch = _to_device(batch, task.device)
     task.num_skipped += int(batch.get("num_skipped", 0))
+    task.last_target = batch.get("label")
     amp_dtype = torch.float16 if task.scaler is not None else None
     with torch.autocast(task.device.type, dtype=amp_dtype, enabled=task.scaler is not None):
         task.last_output = task.method.forward(task, batch)
@@ -201,9 +219,7 @@ def train_step(task: TrainTask, batch: Dict[str, Any]) -> None:
     else:
         loss.backward()
     run_hooks(task.hooks, "on_backward", task)
-    lr = float(task.lr_schedule(task.where))
-    for group in task.optimizer.param_groups:
-        group["lr"] = lr
+    set_learning_rates(task.optimizer, *task.learning_rates())
     if task.scaler is not None:
         task.scaler.step(task.optimizer)
         task.scaler.update()
@@ -216,7 +232,12 @@ def train_step(task: TrainTask, batch: Dict[str, Any]) -> None:
 
 
 def train(cfg: DictConfig, device: torch.device, extra_hooks: Optional[List[Hook]] = None) -> Path:
-    """Pretrain per ``cfg`` (resolved) and return the final checkpoint's path.
+    """Train per ``cfg`` (resolved) and return the final checkpoint's path.
+
+    With TEST_MODEL the model is also tested on DATA.TEST every TEST_EVERY_NUM_EPOCH epochs and
+    at the end (:mod:`sslcore.engine.evaluation`); with TEST_ONLY it is only tested (restored
+    from CHECKPOINT.DIR or MODEL.WEIGHTS_INIT) and the path of the written metrics.json is
+    returned instead.
 
     With an ``s3://`` CHECKPOINT.DIR the run works in a local staging directory: the remote
     latest checkpoint is pulled first (AUTO_RESUME in a fresh pod) and every checkpoint, log and
@@ -235,7 +256,7 @@ def train(cfg: DictConfig, device: torch.device, extra_hooks: Optional[List[Hook
     from sslcore.storage import is_remote
 
     task = build_task(cfg, device)
-    task.hooks = [task.method] + default_hooks(cfg)
+    task.hooks = [task.method] + default_hooks(cfg) + evaluation_hooks(cfg)
     remote = str(cfg.CHECKPOINT.DIR)
     if is_remote(remote):
         if cfg.CHECKPOINT.AUTO_RESUME and not cfg.CHECKPOINT.OVERWRITE_EXISTING:
@@ -245,6 +266,8 @@ def train(cfg: DictConfig, device: torch.device, extra_hooks: Optional[List[Hook
         task.hooks.append(RemoteSyncHook(task.ckpt_dir, remote))
     task.hooks += list(extra_hooks or [])
     restore(task)
+    if cfg.TEST_ONLY:
+        return run_test_only(task)
     log.info("hooks: %s", ", ".join(hook_names(task.hooks)))
     run_hooks(task.hooks, "on_start", task)
     sampler = task.loader.sampler

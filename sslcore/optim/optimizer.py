@@ -71,8 +71,9 @@ declare("OPTIMIZER", {
     "non_regularized_parameters": Key([], list, "parameter-name substrings never decayed, e.g. "
                                       "[pos_embed, cls_token] for a vision transformer"),
     "head_optimizer_params": {
-        "use_different_lr": Key(False, bool, "give the heads their own LR schedule "
-                                "(param_schedulers.lr_head); not supported yet: must be False"),
+        "use_different_lr": Key(False, bool, "give the heads (modules under heads.) their own "
+                                "param groups whose LR follows param_schedulers.lr_head; the "
+                                "trunk keeps param_schedulers.lr (fine-tuning recipes)"),
         "use_different_wd": Key(False, bool, "give the heads' regularised parameters their own "
                                 "weight decay, head_optimizer_params.weight_decay"),
         "weight_decay": Key(1e-4, float, "weight decay of the heads when use_different_wd"),
@@ -86,6 +87,12 @@ declare("OPTIMIZER", {
             "LR schedule in VISSL's format (name: constant|linear|cosine|multistep|"
             "step_with_fixed_gamma|composite; update_interval: step|epoch; auto_lr_scaling: "
             "{auto_scale, base_value, base_lr_batch_size, scaling_type: linear|sqrt})",
+        ),
+        "lr_head": Key(
+            {}, dict,
+            "LR schedule of the heads, required with head_optimizer_params.use_different_lr: "
+            "same format as param_schedulers.lr; its auto_lr_scaling is applied when the "
+            "schedule is built (logged). {} = not set",
         ),
     },
 })
@@ -121,7 +128,8 @@ def split_param_groups(model: nn.Module, *, weight_decay: float, regularize_bn: 
 
     Returns:
         Param groups for torch optimizers, in the order [decay, no decay] (then [head decay,
-        head no decay] when split); empty groups are dropped.
+        head no decay] when split); empty groups are dropped. Each group carries ``"head"``
+        (bool): whether it holds head parameters (only True when split).
 
     Raises:
         ValueError: if a weight decay is negative.
@@ -145,7 +153,7 @@ def split_param_groups(model: nn.Module, *, weight_decay: float, regularize_bn: 
             buckets[key].append(param)
     decays = {"decay": weight_decay, "no_decay": 0.0, "head_decay": head_weight_decay,
               "head_no_decay": 0.0}
-    return [{"params": params, "weight_decay": float(decays[key])}
+    return [{"params": params, "weight_decay": float(decays[key]), "head": key.startswith("head_")}
             for key, params in buckets.items() if params]
 
 
@@ -157,15 +165,17 @@ def _check(optim_cfg: Any) -> None:
     if bool(optim_cfg.use_larc) and name != "sgd":
         raise ValueError(f"config.OPTIMIZER.use_larc=True needs OPTIMIZER.name=sgd (LARC wraps SGD, "
                          f"as in VISSL), got {name!r}; set use_larc=False or name=sgd")
-    if bool(optim_cfg.head_optimizer_params.use_different_lr):
-        raise ValueError("config.OPTIMIZER.head_optimizer_params.use_different_lr=True is not "
-                         "supported yet (heads follow param_schedulers.lr); set it to False")
+    if bool(optim_cfg.head_optimizer_params.use_different_lr) and not optim_cfg.param_schedulers.lr_head:
+        raise ValueError("config.OPTIMIZER.head_optimizer_params.use_different_lr=True needs the "
+                         "heads' schedule: set config.OPTIMIZER.param_schedulers.lr_head (same "
+                         "format as param_schedulers.lr), or set use_different_lr=False")
     betas = list(optim_cfg.betas)
     if len(betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
         raise ValueError(f"config.OPTIMIZER.betas must be two numbers in [0, 1), got {betas}")
 
 
-def build_optimizer(optim_cfg: Any, model: nn.Module, initial_lr: float) -> torch.optim.Optimizer:
+def build_optimizer(optim_cfg: Any, model: nn.Module, initial_lr: float,
+                    head_initial_lr: Optional[float] = None) -> torch.optim.Optimizer:
     """Build the optimizer from ``cfg.OPTIMIZER``.
 
     ``sgd`` is ``torch.optim.SGD`` (momentum, nesterov), or with ``use_larc`` ``timm.optim.Lars``
@@ -174,17 +184,24 @@ def build_optimizer(optim_cfg: Any, model: nn.Module, initial_lr: float) -> torc
     ``torch.optim.Adam`` (L2 decay added to the gradient); ``adamw`` is ``torch.optim.AdamW``
     (decoupled decay). All use :func:`split_param_groups`.
 
+    With ``head_optimizer_params.use_different_lr`` (VISSL's fine-tuning option) the heads get
+    their own groups (decayed by ``head_optimizer_params.weight_decay`` when ``use_different_wd``,
+    else by ``weight_decay``) starting at ``head_initial_lr``; :func:`set_learning_rates` then
+    drives trunk and head groups from their two schedules. Otherwise one LR drives every group.
+
     Args:
         optim_cfg: the ``OPTIMIZER`` section.
         model: the model to optimise (DDP-wrapped or not).
         initial_lr: the LR at the start (the train loop sets it every update).
+        head_initial_lr: the heads' LR at the start with ``use_different_lr``; None: initial_lr.
 
     Returns:
         The optimizer.
 
     Raises:
         ValueError: if the model has no trainable parameter, ``name`` is unknown, LARC is asked
-            for with Adam/AdamW, ``betas`` are invalid or ``use_different_lr`` is set.
+            for with Adam/AdamW, ``betas`` are invalid, or ``use_different_lr`` is set without
+            ``param_schedulers.lr_head``.
 
     Example:
         >>> from sslcore.config import compose_config
@@ -197,10 +214,13 @@ def build_optimizer(optim_cfg: Any, model: nn.Module, initial_lr: float) -> torc
         model, weight_decay=float(optim_cfg.weight_decay),
         regularize_bn=bool(optim_cfg.regularize_bn), regularize_bias=bool(optim_cfg.regularize_bias),
         non_regularized=[str(s) for s in optim_cfg.non_regularized_parameters],
-        head_weight_decay=float(head.weight_decay) if bool(head.use_different_wd) else None,
+        head_weight_decay=_head_weight_decay(optim_cfg),
     )
     if not groups:
         raise ValueError("the model has no trainable parameters: check MODEL.FEATURE_EVAL_SETTINGS")
+    for group in groups:
+        if group["head"] and head_initial_lr is not None:
+            group["lr"] = float(head_initial_lr)
     name = str(optim_cfg.name)
     if name == "adam" or name == "adamw":
         betas = tuple(float(b) for b in optim_cfg.betas)
@@ -215,3 +235,56 @@ def build_optimizer(optim_cfg: Any, model: nn.Module, initial_lr: float) -> torc
                     eps=float(larc.eps), trust_clip=bool(larc.clip), always_adapt=True)
     return torch.optim.SGD(groups, lr=initial_lr, momentum=float(optim_cfg.momentum),
                            nesterov=bool(optim_cfg.nesterov))
+
+
+def _head_weight_decay(optim_cfg: Any) -> Optional[float]:
+    """The heads' decay when they get their own groups (different LR or WD), else None."""
+    head = optim_cfg.head_optimizer_params
+    if bool(head.use_different_wd):
+        return float(head.weight_decay)
+    if bool(head.use_different_lr):
+        return float(optim_cfg.weight_decay)
+    return None
+
+
+def build_head_lr_schedule(optim_cfg: Any, *, global_batch_size: int) -> Optional[Any]:
+    """The heads' LR schedule (``param_schedulers.lr_head``) when ``use_different_lr``, else None.
+
+    ``lr_head.auto_lr_scaling`` is applied here for ``global_batch_size`` (the scaled schedule is
+    logged), by the same rule as ``param_schedulers.lr`` (:func:`~sslcore.optim.schedulers.scale_lr_schedule`).
+
+    Args:
+        optim_cfg: the ``OPTIMIZER`` section.
+        global_batch_size: images per update over all processes.
+
+    Returns:
+        A callable ``where -> lr`` for ``where`` in [0, 1), or None.
+
+    Raises:
+        ValueError, KeyError: an invalid ``lr_head`` schedule (names the problem).
+    """
+    from omegaconf import OmegaConf
+
+    from sslcore.optim.schedulers import build_param_scheduler, scale_lr_schedule
+
+    if not bool(optim_cfg.head_optimizer_params.use_different_lr):
+        return None
+    params = OmegaConf.to_container(optim_cfg.param_schedulers.lr_head, resolve=True)
+    scaled = scale_lr_schedule(params, int(global_batch_size))
+    if scaled != params:
+        log.info("OPTIMIZER.param_schedulers.lr_head: auto_lr_scaling for global batch %d -> %s",
+                 global_batch_size, scaled)
+    return build_param_scheduler(scaled, int(optim_cfg.num_epochs))
+
+
+def set_learning_rates(optimizer: torch.optim.Optimizer, lr: float,
+                       head_lr: Optional[float] = None) -> None:
+    """Set every group's LR: ``head_lr`` for head groups (when given), ``lr`` for the others.
+
+    Args:
+        optimizer: built by :func:`build_optimizer` (groups carry ``"head"``).
+        lr: the trunk's (or everyone's) learning rate.
+        head_lr: the heads' learning rate; None gives the heads ``lr`` too.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = float(head_lr if head_lr is not None and group.get("head") else lr)

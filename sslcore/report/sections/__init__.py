@@ -26,3 +26,9 @@ def render_section(benchmark: str, result_dir: PathLike) -> str:
     if benchmark not in SECTIONS:
         return ""
     return SECTIONS.get(benchmark)(Path(result_dir))
+from sslcore.report.sections import retrieval  # noqa: E402,F401  (registers)
+from sslcore.report.sections import clusterfit  # noqa: E402,F401  (registers)
+from sslcore.report.sections import svm  # noqa: E402,F401  (registers)
+from sslcore.report.sections import low_shot  # noqa: E402,F401  (registers)
+from sslcore.report.sections import finetune  # noqa: E402,F401  (registers)
+from sslcore.report.sections import detection  # noqa: E402,F401  (registers)
