@@ -41,6 +41,8 @@ from pipelines.console import progress_only
 PIPELINES: Dict[str, str] = {
     "ssl_pretrain_eval": "pipelines.ssl_pretrain_eval",
     "ssl_benchmark": "pipelines.ssl_benchmark",
+    "clusterfit": "pipelines.clusterfit",
+    "convert": "pipelines.convert",
 }
 
 _VERSION_LINE = re.compile(r"^sdkVersion: .*$", re.MULTILINE)

@@ -1,14 +1,17 @@
-"""ssl_pretrain_eval: pretrain a trunk, then judge its features against two baselines.
+"""ssl_pretrain_eval: pretrain a trunk, then judge it with the whole benchmark suite.
 
-    data_copy ─┬─ pretrain ── extract(checkpoint) ──┬─ knn ──────┐
-               │                                    └─ linear ───┤
-               ├─ extract(random_init) ─────────────┬─ knn ──────┤
-               │                                    └─ linear ───┼─ report
-               └─ extract(raw_pixels) ──────────────┬─ knn ──────┤
-                                                    └─ linear ───┘
+    data_copy ──────┬─ pretrain ── extract(checkpoint) ─┬─ knn, linear ─────────────────┐
+                    ├─ extract(random_init) ────────────┼─ knn, linear ─────────────────┤
+                    └─ extract(raw_pixels) ─────────────┴─ knn, linear ─────────────────┤
+    data_copy ──────┬─ extract scenes(checkpoint) ───────── svm, low_shot ──────────────┤
+     (scenes)       └─ extract scenes(random_init) ──────── svm, low_shot ──────────────┼─ report
+    checkpoint ─────── detection, retrieval, linear_eval, finetune ─────────────────────┤
+    random init ────── detection, retrieval ────────────────────────────────────────────┘
 
 The random-init trunk and raw pixels are the floors a pretrained trunk must clear (design.md
-section 8). Cluster settings (GPUs, node selector, tolerations, dataset PVC, S3 secret) are run-time
+section 8). Fashion-MNIST scenes (VOC2007 layout, built by data_copy) feed the VOC07 SVM,
+low-shot and detection benchmarks; each benchmark after extraction has a ``run_*`` switch
+(:mod:`pipelines.stages`). Cluster settings (GPUs, node selector, tolerations, dataset PVC, S3 secret) are run-time
 parameters applied by :mod:`pipelines.cluster`; with ``num_nodes`` > 1 pretraining runs as a
 PyTorchJob. The pipeline returns the report's JSON summary and HTML page, so a local run
 (``sslcore pipelines run ssl_pretrain_eval``) can print the results.
@@ -22,11 +25,11 @@ from kfp.dsl import HTML, Artifact
 from components import DEFAULT_EXTRACT_CONFIG, DEFAULT_PRETRAIN_CONFIG
 from components.data_copy import data_copy
 from components.extract_features import extract_features
-from components.knn import knn
-from components.linear import linear
 from components.pretrain import pretrain
 from components.report import report
 from pipelines.cluster import DATASET_MOUNT, PIPELINE_ROOT, named
+from pipelines.stages import (add_feature_benchmarks, add_scene_benchmarks, add_scenes_copy,
+                              add_trunk_benchmarks, stage_options)
 
 PIPELINE_NAME = "ssl-pretrain-eval"
 
@@ -35,8 +38,9 @@ Outputs = NamedTuple("Outputs", [("summary", Artifact), ("report", HTML)])
 
 @dsl.pipeline(
     name=PIPELINE_NAME,
-    description="Self-supervised pretraining, then kNN and linear benchmarks of the pretrained "
-                "trunk, a randomly initialised trunk and raw pixels, gathered in one HTML report.",
+    description="Self-supervised pretraining, then the benchmark suite (kNN, linear, VOC07 SVM, "
+                "low-shot, detection, retrieval, linear eval, finetuning) of the pretrained trunk "
+                "next to a randomly initialised trunk and raw pixels, gathered in one HTML report.",
     pipeline_root=PIPELINE_ROOT,
 )
 def ssl_pretrain_eval(
@@ -56,6 +60,26 @@ def ssl_pretrain_eval(
     dataset_pvc: str = "sslcore-datasets",
     node_selector: dict = {},
     tolerations: list = [],
+    scenes_source: str = "fashion_mnist_scenes",
+    scenes_limit_train: int = 0,
+    scenes_limit_test: int = 0,
+    run_svm: bool = True,
+    svm_layers: list = ["res5avg"],
+    run_low_shot: bool = True,
+    low_shot_k_values: list = [1, 2, 4, 8, 16, 32, 64, 96],
+    run_detection: bool = True,
+    detection_iterations: int = 300,
+    run_retrieval: bool = True,
+    retrieval_descriptor: str = "gem",
+    retrieval_whiten: bool = False,
+    retrieval_queries: int = 500,
+    retrieval_database: int = 5000,
+    run_linear_eval: bool = False,
+    linear_eval_epochs: int = 0,
+    run_finetune: bool = False,
+    finetune_mode: str = "semi_supervised",
+    finetune_fraction: float = 0.1,
+    finetune_epochs: int = 0,
 ) -> Outputs:
     """Pretrain and evaluate.
 
@@ -82,6 +106,27 @@ def ssl_pretrain_eval(
         node_selector: node labels every pod must match, e.g. {"pool": "gpu"}.
         tolerations: Kubernetes tolerations of every pod, e.g.
             [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}].
+        scenes_source: the multi-label / detection set in VOC2007 layout: "fashion_mnist_scenes"
+            (built from a seed) or a VOC-layout directory or URI.
+        scenes_limit_train, scenes_limit_test: scenes in trainval and test; 0 = 5000 each.
+        run_svm: run the VOC07 SVM (VISSL's protocol) on the scenes' features.
+        svm_layers: feature layers for the SVM; each must be one the extraction recipe writes.
+        run_low_shot: run low-shot SVMs (5 samples of k positives per class).
+        low_shot_k_values: the k values.
+        run_detection: train and test Faster R-CNN on the scenes (trunk converted to its backbone).
+        detection_iterations: its training iterations (batch 8).
+        run_retrieval: run instance retrieval on Fashion-MNIST (test queries, train database).
+        retrieval_descriptor: "gem" or "rmac".
+        retrieval_whiten: PCA whitening learnt on a separate train slice.
+        retrieval_queries, retrieval_database: class-stratified test queries and train database
+            images (at most the split's size).
+        run_linear_eval: train eval_mlp heads on several layers through the frozen trunk, with
+            augmentation (slow on CPU: off by default).
+        linear_eval_epochs: its epochs; 0 = the recipe's.
+        run_finetune: finetune the whole network (slow on CPU: off by default).
+        finetune_mode: "fulltune" (all train labels) or "semi_supervised" (a per-class subset).
+        finetune_fraction: the subset for semi_supervised, e.g. 0.01 or 0.1.
+        finetune_epochs: its epochs; 0 = the recipe's.
     """
     where = dict(node_selector=node_selector, tolerations=tolerations)
     gpu = dict(gpu_type=gpu_type, gpus=pod_gpus)
@@ -105,15 +150,27 @@ def ssl_pretrain_eval(
     }
     results = {}
     for model_name, task in extracted.items():
-        named(task, f"extract features ({model_name})", **where,
+        model = model_name.replace("_", " ")
+        named(task, f"extract features ({model})", **where,
               **(gpu if model_name != "raw_pixels" else {}))
-        layer = "pixels" if model_name == "raw_pixels" else "res5avg"
-        features = task.outputs["features"]
-        knn_task = named(knn(features=features, layer=layer), f"knn ({model_name})", **where)
-        linear_task = named(linear(features=features, layer=layer, epochs=linear_epochs),
-                            f"linear ({model_name})", **where)
-        results[f"{model_name}_knn"] = knn_task.outputs["metrics"]
-        results[f"{model_name}_linear"] = linear_task.outputs["metrics"]
+        results.update(add_feature_benchmarks(
+            model, task.outputs["features"], layer="pixels" if model_name == "raw_pixels" else "res5avg",
+            linear_epochs=linear_epochs, where=where))
+
+    options = stage_options(locals())
+    scenes = add_scenes_copy(scenes_source, scenes_limit_train, scenes_limit_test,
+                             dataset_pvc=dataset_pvc, where=where)
+    for model, weights in (("pretrained", {"checkpoint": checkpoint}), ("random init", {})):
+        source = "checkpoint" if weights else "random_init"
+        scene_features = named(extract_features(source=source, dataset=scenes, config=extract_config,
+                                                overrides=extra_overrides, **weights),
+                               f"extract scene features ({model})", **where, **gpu)
+        results.update(add_scene_benchmarks(model, scene_features.outputs["features"],
+                                            options=options, where=where))
+        results.update(add_trunk_benchmarks(model, checkpoint=weights.get("checkpoint"),
+                                            dataset=dataset, scenes=scenes,
+                                            extract_config=extract_config, options=options,
+                                            where=where, gpu=gpu))
 
     summary = named(report(checkpoint=checkpoint, results_uri=results_uri, **results), "report",
                     **where)

@@ -19,6 +19,7 @@ def detection(
     num_train: int = 0,
     num_test: int = 0,
     seed: int = 0,
+    enabled: bool = True,
 ):
     """Train Faster R-CNN (FPN) from the trunk on a VOC2007-layout set and score its test split.
 
@@ -48,7 +49,15 @@ def detection(
         num_train: use only the first N trainval images (0 = all).
         num_test: evaluate only the first N test images (0 = all).
         seed: seeds the head initialisation, batch order and flips.
+        enabled: False switches the benchmark off: ``metrics`` gets a ``metrics.json`` with no
+            records (``sslcore.benchmarks.metrics.write_skipped``), which the report leaves out.
     """
+    if not enabled:
+        from sslcore.benchmarks.metrics import write_skipped
+
+        write_skipped(metrics.path, "detection", "switched off by the pipeline (enabled=False)")
+        return
+
     import json
     import os
 

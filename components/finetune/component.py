@@ -19,6 +19,7 @@ def finetune(
     recipe: str = "",
     overrides: Optional[List[str]] = None,
     seed: int = 0,
+    enabled: bool = True,
 ):
     """Fine-tune the whole network (trunk and head on separate learning rates) and test it.
 
@@ -43,7 +44,15 @@ def finetune(
             ``benchmark/semi_supervised``.
         overrides: more VISSL-style overrides, applied last.
         seed: SEED_VALUE of the run and the subset's seed.
+        enabled: False switches the benchmark off: ``metrics`` gets a ``metrics.json`` with no
+            records (``sslcore.benchmarks.metrics.write_skipped``), which the report leaves out.
     """
+    if not enabled:
+        from sslcore.benchmarks.metrics import write_skipped
+
+        write_skipped(metrics.path, "finetune", "switched off by the pipeline (enabled=False)")
+        return
+
     import json
     import os
 

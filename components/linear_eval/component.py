@@ -17,6 +17,7 @@ def linear_eval(
     recipe: str = "",
     overrides: Optional[List[str]] = None,
     seed: int = 0,
+    enabled: bool = True,
 ):
     """Train eval_mlp heads on res2 ... res5avg of the frozen trunk on augmented images; test them.
 
@@ -37,7 +38,15 @@ def linear_eval(
             (``benchmark/linear_image_classification/fashion_mnist/eval_resnet_fashion_mnist_linear``).
         overrides: more VISSL-style overrides, applied last (e.g. DATA_LIMIT for a quick run).
         seed: SEED_VALUE of the run.
+        enabled: False switches the benchmark off: ``metrics`` gets a ``metrics.json`` with no
+            records (``sslcore.benchmarks.metrics.write_skipped``), which the report leaves out.
     """
+    if not enabled:
+        from sslcore.benchmarks.metrics import write_skipped
+
+        write_skipped(metrics.path, "linear_eval", "switched off by the pipeline (enabled=False)")
+        return
+
     import json
     import os
 

@@ -13,6 +13,7 @@ def low_shot(
     layer: str = "res5avg",
     k_values: list = [1, 2, 4, 8, 16, 32, 64, 96],  # noqa: B006 (KFP reads the default)
     num_samples: int = 5,
+    enabled: bool = True,
 ):
     """Run the low-shot SVM benchmark (VISSL's SVMLowShotTrainer protocol) on one feature layer.
 
@@ -31,7 +32,15 @@ def low_shot(
         layer: the feature layer to evaluate.
         k_values: positives per class.
         num_samples: independent samples per k.
+        enabled: False switches the benchmark off: ``metrics`` gets a ``metrics.json`` with no
+            records (``sslcore.benchmarks.metrics.write_skipped``), which the report leaves out.
     """
+    if not enabled:
+        from sslcore.benchmarks.metrics import write_skipped
+
+        write_skipped(metrics.path, "low_shot", "switched off by the pipeline (enabled=False)")
+        return
+
     import json
     import os
 

@@ -21,6 +21,7 @@ def retrieval(
     num_database: int = 5000,
     num_whiten: int = 5000,
     seed: int = 0,
+    enabled: bool = True,
 ):
     """Rank a train-split database for test-split queries and score the ranking (mAP, precision@k).
 
@@ -49,7 +50,15 @@ def retrieval(
         num_database: class-stratified train images in the database.
         num_whiten: train images for whitening (used only with ``whiten``).
         seed: seed of the query / database / whitening draws.
+        enabled: False switches the benchmark off: ``metrics`` gets a ``metrics.json`` with no
+            records (``sslcore.benchmarks.metrics.write_skipped``), which the report leaves out.
     """
+    if not enabled:
+        from sslcore.benchmarks.metrics import write_skipped
+
+        write_skipped(metrics.path, "retrieval", "switched off by the pipeline (enabled=False)")
+        return
+
     import json
     import os
 

@@ -11,6 +11,7 @@ def svm(
     features: Input[Artifact],
     metrics: Output[Metrics],
     layers: list = ["res5avg"],  # noqa: B006 (KFP reads the default; it is never mutated)
+    enabled: bool = True,
 ):
     """Run the VOC07 SVM benchmark (VISSL's protocol) on one or several feature layers.
 
@@ -27,7 +28,15 @@ def svm(
             ``cv_ap.json`` (``{layer: {"costs", "cv_ap" [C][K] (%), "chosen_cost"}}``); each layer's
             mAP is also logged as a KFP metric ``mAP_<layer>``, e.g. ``mAP_res5avg``.
         layers: the feature layers to evaluate.
+        enabled: False switches the benchmark off: ``metrics`` gets a ``metrics.json`` with no
+            records (``sslcore.benchmarks.metrics.write_skipped``), which the report leaves out.
     """
+    if not enabled:
+        from sslcore.benchmarks.metrics import write_skipped
+
+        write_skipped(metrics.path, "svm", "switched off by the pipeline (enabled=False)")
+        return
+
     import json
     import os
 

@@ -17,10 +17,19 @@ from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 import components
 from components.data_copy import data_copy
 from components.extract_features import extract_features
+from components.import_checkpoint import import_checkpoint
 from components.knn import knn
 from components.linear import linear
+from components.linear_eval import linear_eval
+from components.finetune import finetune
+from components.low_shot import low_shot
 from components.pretrain import pretrain
 from components.report import report
+from components.retrieval import retrieval
+from components.clusterfit import clusterfit
+from components.svm import svm
+from components.convert import convert
+from components.detection import detection
 
 COMPONENTS_DIR = Path(components.__file__).parent
 
@@ -36,7 +45,24 @@ EXPECTED_SIGNATURES = {
                        "config": str, "overrides": Optional[List[str]],
                        "checkpoint": Optional[Input[Model]], "checkpoint_uri": str},
     knn: {"features": Input[Artifact], "metrics": Output[Metrics], "layer": str},
+    import_checkpoint: {"checkpoint_uri": str, "model": Output[Model]},
+    retrieval: {"dataset": Input[Dataset], "metrics": Output[Metrics], "checkpoint": Optional[Input[Model]],
+                "descriptor": str, "whiten": bool, "layer": str, "config": str, "num_queries": int,
+                "num_database": int, "num_whiten": int, "seed": int, "enabled": bool},
+    clusterfit: {"features": Input[Artifact], "labels": Output[Artifact], "metrics": Output[Metrics],
+                 "num_clusters": int, "n_iter": int, "layer": str, "seed": int},
     linear: {"features": Input[Artifact], "metrics": Output[Metrics], "layer": str, "epochs": int},
+    linear_eval: {"dataset": Input[Dataset], "metrics": Output[Metrics],
+                  "checkpoint": Optional[Input[Model]], "epochs": int, "recipe": str,
+                  "overrides": Optional[List[str]], "seed": int, "enabled": bool},
+    finetune: {"dataset": Input[Dataset], "metrics": Output[Metrics],
+               "checkpoint": Optional[Input[Model]], "mode": str, "fraction": float, "epochs": int,
+               "recipe": str, "overrides": Optional[List[str]], "seed": int, "enabled": bool},
+    svm: {"features": Input[Artifact], "metrics": Output[Metrics], "layers": list, "enabled": bool},
+    convert: {"checkpoint": Input[Model], "converted": Output[Model], "target": str, "source": str,
+              "allow_pickle": bool, "caffe2_variant": str},
+    low_shot: {"features": Input[Artifact], "metrics": Output[Metrics], "layer": str, "k_values": list,
+               "num_samples": int, "enabled": bool},
     report: {"pretrained_knn": Input[Metrics], "pretrained_linear": Input[Metrics],
              "html": Output[HTML], "summary": Output[Artifact],
              **{f"{m}_{b}": Optional[Input[Metrics]] for m in ("random_init", "raw_pixels")
@@ -48,6 +74,9 @@ EXPECTED_SIGNATURES = {
                 for b in ("linear_eval", "finetune", "clusterfit")},
              "checkpoint": Optional[Input[Model]], "title": str, "checkpoint_uri": str,
              "results_uri": str},
+    detection: {"dataset": Input[Dataset], "metrics": Output[Metrics], "checkpoint": Optional[Input[Model]],
+                "iterations": int, "batch_size": int, "lr": float, "num_train": int, "num_test": int,
+                "seed": int, "enabled": bool},
 }
 ALL = list(EXPECTED_SIGNATURES)
 FOLDERS = sorted(p.name for p in COMPONENTS_DIR.iterdir() if (p / "component.py").is_file())
