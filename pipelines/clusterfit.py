@@ -65,7 +65,7 @@ def clusterfit(
         extract_config, extra_overrides: extraction recipe and overrides for both trunks.
         num_clusters: k-means K (CLUSTERFIT.NUM_CLUSTERS); the step-2 recipe's last head must
             have K outputs (set it with clusterfit_overrides, e.g.
-            ``config.MODEL.HEAD.PARAMS=[["mlp",{"dims":[64,K]}]]``).
+            ``config.MODEL.HEAD.PARAMS=[[mlp,{dims:[64,K]}]]``).
         n_iter: k-means iterations (CLUSTERFIT.N_ITER).
         clusterfit_config: step 2's recipe (trained from scratch on the cluster ids).
         clusterfit_overrides: overrides for step 2, e.g. ``config.OPTIMIZER.num_epochs=2``.
