@@ -160,8 +160,12 @@ def _submit(fake, *extra):
 
 
 @pytest.mark.parametrize("name", sorted(runner.PIPELINES))
-def test_every_pipeline_declares_results_uri(name):
-    declared = runner.load_pipeline(name).pipeline_spec.root.input_definitions.parameters
+def test_every_pipeline_with_a_report_declares_results_uri(name):
+    spec = runner.load_pipeline(name).pipeline_spec.root
+    declared = spec.input_definitions.parameters
+    if "summary" not in spec.output_definitions.artifacts:  # convert: no report to check
+        assert "results_uri" not in declared
+        return
     assert "results_uri" in declared, (
         f"pipeline {name} lacks the parameter results_uri: str = '' (its report task writes "
         f"<results_uri>/summary.json), which `sslcore pipelines submit` reads back")
@@ -283,6 +287,14 @@ def test_a_bad_spec_exits_2_before_anything_is_submitted(kfp_api, spec, message,
 def test_other_usage_errors_exit_2(s3_env, kfp_api, extra, message, capsys):
     assert _submit(kfp_api, *extra) == 2
     assert message in capsys.readouterr().err
+    assert kfp_api.requests == []
+
+
+def test_thresholds_on_a_pipeline_without_a_report_are_refused_before_any_request(kfp_api, capsys):
+    argv = ["submit", "convert", "--host", kfp_api.url, "--experiment", "x",
+            "--param", "checkpoint_uri=s3://runs/r/model.torch", "--fail-under", "knn.top1=70"]
+    assert runner.main(argv) == 2
+    assert "has no 'results_uri' parameter" in capsys.readouterr().err
     assert kfp_api.requests == []
 
 
