@@ -305,7 +305,9 @@ def collect_examples(dataset: Any, indices: Sequence[int], detections: Mapping[i
         indices: the dataset positions to show.
         detections: from :func:`predict`, keyed by image id.
         classes: class names; label ``l`` is ``classes[l - 1]``.
-        score_threshold: predictions below this score are left out.
+        score_threshold: predictions below this score are left out, except that an image with
+            none above it shows its highest-scoring ones (as many as it has true boxes), so a short
+            schedule's low-confidence boxes still appear, each with its score.
 
     Returns:
         One dict per image: ``{"image_id", "width", "height", "image_png": base64 PNG,
@@ -317,7 +319,10 @@ def collect_examples(dataset: Any, indices: Sequence[int], detections: Mapping[i
         image, target = dataset[index]
         image = image_tensor(image)
         det = detections[int(target["image_id"])]
-        keep = np.asarray(det["scores"]) >= score_threshold
+        scores = np.asarray(det["scores"])
+        keep = scores >= score_threshold
+        if not keep.any() and len(scores):
+            keep[np.argsort(-scores, kind="stable")[: max(1, len(target["labels"]))]] = True
         predictions = [{"box": [round(float(v), 2) for v in box], "label": classes[int(label) - 1],
                         "score": round(float(score), 4)}
                        for box, label, score in zip(det["boxes"][keep], det["labels"][keep], det["scores"][keep])]

@@ -206,7 +206,11 @@ def test_detection_trains_and_writes_its_results(results, init):
     assert records["AP50"]["value"] == pytest.approx(sum(per_class.values()) / len(per_class))
     examples = json.loads((out / "examples.json").read_text())
     assert len(examples) == 4 and all(e["ground_truth"] and e["width"] == 96 for e in examples)
-    assert all(p["score"] >= 0.5 and p["label"] in metrics["classes"] for e in examples for p in e["predictions"])
+    for example in examples:  # above 0.5, or else the image's top-scoring ones (one per true box)
+        scores = [p["score"] for p in example["predictions"]]
+        assert all(p["label"] in metrics["classes"] for p in example["predictions"])
+        assert all(v >= 0.5 for v in scores) or (
+            max(scores) < 0.5 and len(scores) <= max(1, len(example["ground_truth"])))
 
 
 def test_report_section_renders_both_runs(results):
