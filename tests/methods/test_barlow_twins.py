@@ -7,14 +7,13 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from world_helpers import assert_same_training, train_processes
 from sslcore.config import compose_config
 from sslcore.losses import build_loss
 from sslcore.losses.barlow_twins import BarlowTwinsLoss
@@ -172,31 +171,8 @@ DIST = [f"config={QUICK}", "config.MODEL.TRUNK.RESNETS.NORM=GroupNorm",
         "config.DATA.TRAIN.SYNTHETIC.NUM_SAMPLES=64", "config.HOOKS.TENSORBOARD_SETUP.USE_TENSORBOARD=false"]
 
 
-def _run_processes(nproc, ckpt_dir, batch):
-    overrides = DIST + [f"config.CHECKPOINT.DIR={ckpt_dir}",
-                        f"config.DATA.TRAIN.BATCHSIZE_PER_REPLICA={batch}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "sslcore.cli", "train", *overrides]
-    if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", "-m", "sslcore.cli", "train", *overrides]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    records = [json.loads(line) for line in (ckpt_dir / "stdout.json").read_text().splitlines()]
-    return records, torch.load(ckpt_dir / "checkpoint.torch", weights_only=True)
-
-
 @pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
-    one_log, one = _run_processes(1, tmp_path / "one", 32)
-    two_log, two = _run_processes(2, tmp_path / "two", 16)
-    assert [r["iteration"] for r in one_log] == [r["iteration"] for r in two_log] == [1, 2, 3, 4]
-    for a, b in zip(one_log, two_log):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
-    assert two["config"]["DISTRIBUTED"]["NUM_PROC_PER_NODE"] == 2
-    w1 = one["classy_state_dict"]["base_model"]["model"]
-    w2 = two["classy_state_dict"]["base_model"]["model"]
-    for part in ("trunk", "heads"):
-        flat1 = torch.cat([w1[part][k].flatten().float() for k in w1[part]])
-        flat2 = torch.cat([w2[part][k].flatten().float() for k in w1[part]])
-        assert ((flat1 - flat2).norm() / flat1.norm()).item() < 1e-4
+    one = train_processes(1, tmp_path / "one", DIST, 32)
+    two = train_processes(2, tmp_path / "two", DIST, 16)
+    assert_same_training(one, two, iterations=4)

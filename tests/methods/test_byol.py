@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from resume_helpers import rewind
+from world_helpers import assert_same_training, relative_distance, train_processes
 from sslcore.config import compose_config
 from sslcore.config.loader import CONFIG_ROOT
 from sslcore.data.transforms import build_transforms
@@ -175,3 +176,20 @@ def test_quick_byol_learns_and_resumes_exactly(fmnist_small, tmp_path):
     torch.testing.assert_close(b["base_model"], a["base_model"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(b["loss"], a["loss"], rtol=1e-5, atol=1e-6)
     assert "target" in a["loss"]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path):
+    """The same global batch of 32 on 1 and on 2 gloo processes: same losses, same online network
+    and the same momentum target after 4 steps (GroupNorm trunk, heads without BatchNorm, so the
+    forward pass does not depend on the split)."""
+    overrides = [f"config={QUICK}", "config.MODEL.TRUNK.RESNETS.NORM=GroupNorm",
+                 "config.MODEL.HEAD.PARAMS=[[mlp,{dims:[64,128,32],use_bn:false,use_relu:true}],"
+                 "[mlp,{dims:[32,128,32],use_bn:false,use_relu:true}]]",
+                 "config.DATA.TRAIN.SYNTHETIC.NUM_SAMPLES=64", "config.OPTIMIZER.num_epochs=2",
+                 "config.HOOKS.TENSORBOARD_SETUP.USE_TENSORBOARD=false"]
+    one = train_processes(1, tmp_path / "one", overrides, 32)
+    two = train_processes(2, tmp_path / "two", overrides, 16)
+    assert_same_training(one, two, iterations=4)
+    target1, target2 = (run[1]["classy_state_dict"]["loss"]["target"] for run in (one, two))
+    assert relative_distance(target1, target2) < 1e-4

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from resume_helpers import rewind
+from world_helpers import assert_same_training, train_processes
 from sslcore.config import compose_config
 from sslcore.config.infer import infer_config
 from sslcore.engine.launcher import run_engine
@@ -229,36 +227,15 @@ DISTRIBUTED = QUICK + [
 ]
 
 
-def _run(nproc, ckpt_dir, batch_per_replica):
-    overrides = DISTRIBUTED + [f"config.CHECKPOINT.DIR={ckpt_dir}",
-                               f"config.DATA.TRAIN.BATCHSIZE_PER_REPLICA={batch_per_replica}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "sslcore.cli", "train", *overrides]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", "-m", "sslcore.cli", "train", *overrides]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return _records(ckpt_dir), torch.load(ckpt_dir / "checkpoint.torch", weights_only=True)
-
-
 @pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
     """Same global batch of 16 on 1 and 2 processes (GroupNorm: the forward does not depend on the
     split): same negatives, same Z, same memory updates, same losses and weights."""
-    one_log, one = _run(1, tmp_path / "one", 16)
-    two_log, two = _run(2, tmp_path / "two", 8)
-    assert [r["iteration"] for r in one_log] == [r["iteration"] for r in two_log] == [1, 2, 3, 4]
-    for a, b in zip(one_log, two_log):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
-    s1, s2 = one["classy_state_dict"], two["classy_state_dict"]
+    one = train_processes(1, tmp_path / "one", DISTRIBUTED, 16)
+    two = train_processes(2, tmp_path / "two", DISTRIBUTED, 8)
+    assert_same_training(one, two, iterations=4)
+    s1, s2 = one[1]["classy_state_dict"], two[1]["classy_state_dict"]
     assert s1["loss"]["loss"]["partition"].item() == pytest.approx(s2["loss"]["loss"]["partition"].item(),
                                                                   rel=1e-5)
     torch.testing.assert_close(s1["loss"]["memory_bank"]["memory"], s2["loss"]["memory_bank"]["memory"],
                                rtol=1e-3, atol=1e-4)
-    for part in ("trunk", "heads"):
-        w1, w2 = s1["base_model"]["model"][part], s2["base_model"]["model"][part]
-        flat1 = torch.cat([w1[k].flatten().float() for k in w1])
-        flat2 = torch.cat([w2[k].flatten().float() for k in w1])
-        assert ((flat1 - flat2).norm() / flat1.norm()).item() < 1e-4

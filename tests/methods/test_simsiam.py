@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from resume_helpers import rewind
+from world_helpers import assert_same_training, train_processes
 from sslcore.config import compose_config
 from sslcore.config.loader import CONFIG_ROOT
 from sslcore.data.transforms import build_transforms
@@ -134,3 +135,18 @@ def test_quick_simsiam_learns_and_resumes_exactly(fmnist_small, tmp_path):
     a = torch.load(final, weights_only=True)["classy_state_dict"]["base_model"]
     b = torch.load(again, weights_only=True)["classy_state_dict"]["base_model"]
     torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path):
+    """The same global batch of 32 on 1 and on 2 gloo processes: same losses and weights after 4
+    steps, so the stop-gradient and the mean over the global batch survive DDP (GroupNorm trunk,
+    heads without BatchNorm, so the forward pass does not depend on the split)."""
+    overrides = [f"config={QUICK}", "config.MODEL.TRUNK.RESNETS.NORM=GroupNorm",
+                 "config.MODEL.HEAD.PARAMS=[[mlp,{dims:[64,128,32],use_bn:false,use_relu:true}],"
+                 "[mlp,{dims:[32,16,32],use_bn:false,use_relu:true}]]",
+                 "config.DATA.TRAIN.SYNTHETIC.NUM_SAMPLES=64",
+                 "config.HOOKS.TENSORBOARD_SETUP.USE_TENSORBOARD=false"]
+    one = train_processes(1, tmp_path / "one", overrides, 32)
+    two = train_processes(2, tmp_path / "two", overrides, 16)
+    assert_same_training(one, two, iterations=4)
