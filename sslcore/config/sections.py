@@ -20,7 +20,7 @@ from sslcore.losses import registry as loss_registry  # noqa: F401
 from sslcore.losses import simclr_info_nce  # noqa: F401
 from sslcore.losses import barlow_twins, vicreg  # noqa: F401
 from sslcore.losses import multicrop_simclr, swav, deepclusterv2  # noqa: F401
-from sslcore.methods import temp_frozen_params  # noqa: F401
+from sslcore.engine import temp_frozen_params  # noqa: F401
 from sslcore.losses import nce_with_memory  # noqa: F401
 from sslcore.losses import moco, byol, simsiam, dino  # noqa: F401
 from sslcore.losses import cross_entropy  # noqa: F401

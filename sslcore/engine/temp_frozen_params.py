@@ -1,15 +1,15 @@
 """VISSL's ``MODEL.TEMP_FROZEN_PARAMS_ITER_MAP``: keep some parameters fixed for the first iterations.
 
-SwAV freezes its prototypes during the first epoch (313 iterations of ImageNet at batch 4096):
-their gradient is dropped before each optimizer step, so neither the gradient, the momentum nor
-the weight decay moves them. Any method can use it::
-
-    frozen = TempFrozenParams.from_config(cfg.MODEL.TEMP_FROZEN_PARAMS_ITER_MAP, model)
-    ...in on_backward:
-    frozen.apply(model, task.iteration)
+The engine applies it to every method, as VISSL's train step does: after the backward pass (and
+the ``on_backward`` hooks) the gradients of the listed parameters are dropped while the iteration
+is below their threshold, so neither the gradient, the momentum nor the weight decay moves them.
+SwAV and DINO freeze their prototypes this way during the first epoch (313 iterations of ImageNet
+at batch 4096).
 
 - [0] SwAV, Caron et al. 2020, https://arxiv.org/abs/2006.09882 (App. A: "freeze the prototypes
   during the first epoch")
+- [1] DINO, Caron et al. 2021, https://arxiv.org/abs/2104.14294 (the last layer is frozen
+  during the first epoch)
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from sslcore.engine import checkpoint as ckpt
 from sslcore.engine.distributed import barrier, get_rank, get_world_size
 from sslcore.engine.evaluation import evaluation_hooks, run_test_only
 from sslcore.engine.hooks import Hook, hook_names, run_hooks
+from sslcore.engine.temp_frozen_params import TempFrozenParams
 from sslcore.optim.optimizer import build_head_lr_schedule, build_optimizer, set_learning_rates
 from sslcore.optim.schedulers import build_param_scheduler
 
@@ -74,6 +75,7 @@ class TrainTask:
     last_batch_images: int = 0
     last_target: Optional[torch.Tensor] = None
     head_lr_schedule: Any = None
+    frozen_params: Optional[TempFrozenParams] = None
     num_skipped: int = 0
     hooks: List[Hook] = field(default_factory=list)
 
@@ -112,7 +114,8 @@ def seed_everything(seed: int) -> None:
 def build_task(cfg: DictConfig, device: torch.device) -> TrainTask:
     """Build model, method, optimizer, schedule and data loader from a resolved config.
 
-    ``task.ckpt_dir`` is CHECKPOINT.DIR, or its local staging directory when it is ``s3://``.
+    ``task.frozen_params`` holds ``MODEL.TEMP_FROZEN_PARAMS_ITER_MAP``, checked against the model's
+    parameter names (a ValueError names the closest ones). ``task.ckpt_dir`` is CHECKPOINT.DIR, or its local staging directory when it is ``s3://``.
     """
     from sslcore.engine.remote import staging_dir
     from sslcore.data import build_dataloader, build_dataset
@@ -137,6 +140,9 @@ def build_task(cfg: DictConfig, device: torch.device) -> TrainTask:
             model, device_ids=[device.index] if device.type == "cuda" else None)
     loss = build_loss(cfg.LOSS).to(device)
     method = get_method_class(str(cfg.LOSS.name))(cfg, model, loss)
+    frozen_params = TempFrozenParams.from_config(cfg.MODEL.TEMP_FROZEN_PARAMS_ITER_MAP, model)
+    if frozen_params.entries:
+        log.info("temporarily frozen parameters: %s", frozen_params.entries)
     lr_params = OmegaConf.to_container(cfg.OPTIMIZER.param_schedulers.lr, resolve=True)
     lr_schedule = build_param_scheduler(lr_params, int(cfg.OPTIMIZER.num_epochs))
     global_batch = int(cfg.DATA.TRAIN.BATCHSIZE_PER_REPLICA) * get_world_size()
@@ -160,7 +166,8 @@ def build_task(cfg: DictConfig, device: torch.device) -> TrainTask:
     return TrainTask(cfg=cfg, device=device, model=model, method=method, optimizer=optimizer,
                      lr_schedule=lr_schedule, loader=loader, scaler=scaler,
                      ckpt_dir=staging_dir(str(cfg.CHECKPOINT.DIR)), num_phases=int(cfg.OPTIMIZER.num_epochs),
-                     iters_per_phase=len(loader), head_lr_schedule=head_lr_schedule)
+                     iters_per_phase=len(loader), head_lr_schedule=head_lr_schedule,
+                     frozen_params=frozen_params)
 
 
 def restore(task: TrainTask) -> None:
@@ -219,6 +226,8 @@ def train_step(task: TrainTask, batch: Dict[str, Any]) -> None:
     else:
         loss.backward()
     run_hooks(task.hooks, "on_backward", task)
+    if task.frozen_params is not None:
+        task.frozen_params.apply(task.model, task.iteration)
     set_learning_rates(task.optimizer, *task.learning_rates())
     if task.scaler is not None:
         task.scaler.step(task.optimizer)

@@ -15,7 +15,8 @@ order of first appearance (crop j of a group is rows j*B..j*B+B-1 of its tensor)
 transform order for ImgPilToMultiCrop (all large crops, then all small ones). The teacher is a
 copy of the whole model (trunk and dino_head) with stochastic depth and dropout switched off, as
 in [0]. Teacher weights and the center are the method's checkpoint state. The prototypes can be
-kept fixed during the first epoch, as in [0], with VISSL's MODEL.TEMP_FROZEN_PARAMS_ITER_MAP.
+kept fixed during the first epoch, as in [0], with VISSL's MODEL.TEMP_FROZEN_PARAMS_ITER_MAP
+(applied by the engine).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from torch import nn
 from sslcore.methods.base import SSLMethod, register_method
 from sslcore.methods.momentum import MomentumEncoder, cosine_momentum
 from sslcore.methods.multicrop import count_crops, split_crops
-from sslcore.methods.temp_frozen_params import TempFrozenParams
 
 
 def disable_stochastic_layers(module: nn.Module) -> None:
@@ -60,7 +60,6 @@ class DINO(SSLMethod):
         self.num_crops = int(loss.num_crops) if int(loss.num_crops) > 0 else \
             count_crops(list(cfg.DATA.TRAIN.TRANSFORMS))
         self._teacher_output: Optional[torch.Tensor] = None
-        self.frozen = TempFrozenParams.from_config(cfg.MODEL.get("TEMP_FROZEN_PARAMS_ITER_MAP"), model)
 
     @classmethod
     def infer_config(cls, cfg: DictConfig, *, world_size: int) -> Dict[str, Any]:
@@ -93,10 +92,6 @@ class DINO(SSLMethod):
                      batch: Dict[str, Any]) -> torch.Tensor:
         """DINO loss at this step's teacher temperature."""
         return self.loss(outputs[0], self._teacher_output, self.loss.teacher_temp(task.iteration))
-
-    def on_backward(self, task: Any) -> None:
-        """Drop the gradients of parameters still frozen (MODEL.TEMP_FROZEN_PARAMS_ITER_MAP)."""
-        self.frozen.apply(self.model, task.iteration)
 
     def momentum(self, task: Any) -> float:
         """The teacher's EMA coefficient at the current step (cosine to 1 over the run)."""

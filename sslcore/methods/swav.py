@@ -8,8 +8,8 @@ distributed Sinkhorn-Knopp and lets the other crops predict them, and pushes the
 crops' embeddings into its global queue. The method owns the rest of SwAV's recipe:
 
 - prototypes L2-normalised at start and after every optimizer step (``normalize_last_layer``);
-- prototypes frozen for the first iterations (``MODEL.TEMP_FROZEN_PARAMS_ITER_MAP``, VISSL's key;
-  SwAV: the first epoch);
+- the recipes freeze the prototypes for the first epoch with ``MODEL.TEMP_FROZEN_PARAMS_ITER_MAP``
+  (VISSL's key, applied by the engine: :mod:`sslcore.engine.temp_frozen_params`);
 - derived settings (crop count, embedding width, prototype counts, queue sizes, dump directory)
   computed from the rest of the config in :meth:`SwAV.infer_config`.
 """
@@ -26,7 +26,6 @@ from torch import nn
 from sslcore.engine.checkpoint import unwrap
 from sslcore.methods.base import SSLMethod, register_method
 from sslcore.methods.multicrop import count_crops, forward_crops
-from sslcore.methods.temp_frozen_params import TempFrozenParams
 from sslcore.models.heads.swav_head import SwAVPrototypesHead
 
 log = logging.getLogger(__name__)
@@ -104,8 +103,7 @@ class SwAV(SSLMethod):
         loss: :class:`~sslcore.losses.swav.SwAVLoss`.
 
     Raises:
-        ValueError: no swav_head, a head that disagrees with ``LOSS.swav_loss``, or a bad
-            ``MODEL.TEMP_FROZEN_PARAMS_ITER_MAP`` entry.
+        ValueError: no swav_head, or a head that disagrees with ``LOSS.swav_loss``.
     """
 
     loss_names = ("swav_loss",)
@@ -119,7 +117,6 @@ class SwAV(SSLMethod):
                 f"{self.head.embedding_dim} but LOSS.{loss.config_name} has num_prototypes="
                 f"{loss.num_prototypes}, embedding_dim={loss.embedding_dim}; leave them to the "
                 "engine's inference or make them agree")
-        self.frozen = TempFrozenParams.from_config(cfg.MODEL.get("TEMP_FROZEN_PARAMS_ITER_MAP"), model)
         self.num_crops = loss.num_crops
 
     @classmethod
@@ -145,12 +142,6 @@ class SwAV(SSLMethod):
     def on_start(self, task: Any) -> None:
         """Normalise the prototypes before the first forward (SwAV's code does it every step)."""
         self.normalize_prototypes()
-        if self.frozen.entries:
-            log.info("temporarily frozen parameters: %s", self.frozen.entries)
-
-    def on_backward(self, task: Any) -> None:
-        """Drop the gradients of parameters still frozen at this iteration."""
-        self.frozen.apply(self.model, task.iteration)
 
     def on_update(self, task: Any) -> None:
         """Project the prototypes back onto the unit sphere after the optimizer step."""

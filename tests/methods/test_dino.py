@@ -21,6 +21,7 @@ from sslcore.config import compose_config
 from sslcore.config.loader import CONFIG_ROOT
 from sslcore.data.transforms import build_transforms
 from sslcore.engine.launcher import run_engine
+from sslcore.engine.temp_frozen_params import TempFrozenParams
 from sslcore.losses import build_loss
 from sslcore.losses.dino import DINOLoss, teacher_temperature
 from sslcore.methods import get_method_class
@@ -230,17 +231,19 @@ def test_teacher_sees_the_global_crops_and_follows_student_and_center():
 
 
 def test_prototypes_stay_frozen_for_the_configured_iterations():
+    """The recipes' TEMP_FROZEN_PARAMS_ITER_MAP names the weight-normalised prototypes (weight_v)."""
     cfg = compose_config([f"config={QUICK}", "config.LOSS.dino_loss.num_crops=4",
                           "config.LOSS.dino_loss.output_dim=64",
                           "config.MODEL.TEMP_FROZEN_PARAMS_ITER_MAP=[[module.heads.0.prototypes0.weight_v,3]]"])
     model = build_model(cfg.MODEL)
     method = DINO(cfg, model, build_loss(cfg.LOSS))
+    frozen_params = TempFrozenParams.from_config(cfg.MODEL.TEMP_FROZEN_PARAMS_ITER_MAP, model)
     batch = _multicrop_batch()
     for iteration, frozen in ((2, True), (3, False)):
         task = SimpleNamespace(iteration=iteration, max_iteration=16)
         model.zero_grad()
         method.compute_loss(task, method.forward(task, batch), batch).backward()
-        method.on_backward(task)
+        frozen_params.apply(model, iteration)
         assert (model.heads[0].prototypes0.weight_v.grad is None) == frozen
         assert model.heads[0].mlp[0].weight.grad is not None
 

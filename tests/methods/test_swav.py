@@ -22,7 +22,7 @@ from sslcore.engine.hooks import Hook
 from sslcore.losses import build_loss
 from sslcore.losses.sinkhorn import sinkhorn_knopp, sinkhorn_plan
 from sslcore.losses.swav import SwAVLoss, SwAVMomentumLoss
-from sslcore.methods.temp_frozen_params import TempFrozenParams
+from sslcore.engine.temp_frozen_params import TempFrozenParams
 from sslcore.models import build_model
 from sslcore.models.heads.swav_head import SwAVPrototypesHead
 
