@@ -44,8 +44,9 @@ def peak_memory_mb(device: torch.device) -> float:
 class ProgressHook(Hook):
     """Every LOG_FREQUENCY iterations: a progress line and a record in CHECKPOINT.DIR/stdout.json.
 
-    A record is ``{"iteration", "phase_idx", "loss", "lr", "images_per_sec", "eta_seconds",
-    "peak_mem_mb"}``; loss is averaged over ranks. The line reads e.g.
+    A record is ``{"iteration", "phase_idx", "loss", "lr", "weight_decay", "images_per_sec",
+    "eta_seconds", "peak_mem_mb", "num_skipped"}``; loss is averaged over ranks, weight_decay is
+    that of the regularised parameters (0 when none are). The line reads e.g.
     ``phase 2/10 iter 340/1170 loss 4.812 lr 0.2400 img/s 612 eta 0:03:10 mem 1450MB``.
     """
 
@@ -78,7 +79,10 @@ class ProgressHook(Hook):
         eta = per_iter * (task.max_iteration - task.iteration)
         self.window_start, self.window_images = now, 0
         record = {"iteration": task.iteration, "phase_idx": task.phase_idx, "loss": loss,
-                  "lr": task.optimizer.param_groups[0]["lr"], "images_per_sec": self.speed,
+                  "lr": task.optimizer.param_groups[0]["lr"],
+                  "weight_decay": next((g["weight_decay"] for g in task.optimizer.param_groups
+                                        if g.get("regularized")), 0.0),
+                  "images_per_sec": self.speed,
                   "eta_seconds": eta, "peak_mem_mb": peak_memory_mb(task.device),
                   "num_skipped": task.num_skipped}
         self.last_record = record
@@ -121,6 +125,7 @@ class TensorboardHook(Hook):
         step = task.iteration
         self.writer.add_scalar("Losses/train_loss", rec["loss"], step)
         self.writer.add_scalar("Optimization/lr", rec["lr"], step)
+        self.writer.add_scalar("Optimization/weight_decay", rec["weight_decay"], step)
         self.writer.add_scalar("Speed/images_per_sec", rec["images_per_sec"], step)
         self.writer.add_scalar("Speed/eta_seconds", rec["eta_seconds"], step)
         self.writer.add_scalar("Memory/peak_mem_mb", rec["peak_mem_mb"], step)

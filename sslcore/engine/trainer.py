@@ -26,7 +26,13 @@ from sslcore.engine.distributed import barrier, get_rank, get_world_size
 from sslcore.engine.evaluation import evaluation_hooks, run_test_only
 from sslcore.engine.hooks import Hook, hook_names, run_hooks
 from sslcore.engine.temp_frozen_params import TempFrozenParams
-from sslcore.optim.optimizer import build_head_lr_schedule, build_optimizer, set_learning_rates
+from sslcore.optim.optimizer import (
+    build_head_lr_schedule,
+    build_optimizer,
+    build_weight_decay_schedule,
+    set_learning_rates,
+    set_weight_decay,
+)
 from sslcore.optim.schedulers import build_param_scheduler
 
 log = logging.getLogger(__name__)
@@ -75,6 +81,7 @@ class TrainTask:
     last_batch_images: int = 0
     last_target: Optional[torch.Tensor] = None
     head_lr_schedule: Any = None
+    wd_schedule: Any = None
     frozen_params: Optional[TempFrozenParams] = None
     num_skipped: int = 0
     hooks: List[Hook] = field(default_factory=list)
@@ -102,6 +109,15 @@ class TrainTask:
             return lr, None
         interval = self.cfg.OPTIMIZER.param_schedulers.lr_head.get("update_interval", "step")
         return lr, float(self.head_lr_schedule(self.where_for(interval)))
+
+    def apply_schedules(self) -> None:
+        """Set the optimizer's LRs, and its weight decay when it has a schedule, for this update."""
+        set_learning_rates(self.optimizer, *self.learning_rates())
+        if self.wd_schedule is not None:
+            optim = self.cfg.OPTIMIZER
+            interval = optim.param_schedulers.weight_decay.get("update_interval", "step")
+            set_weight_decay(self.optimizer, float(self.wd_schedule(self.where_for(interval))),
+                             heads_too=not bool(optim.head_optimizer_params.use_different_wd))
 
 
 def seed_everything(seed: int) -> None:
@@ -167,7 +183,7 @@ def build_task(cfg: DictConfig, device: torch.device) -> TrainTask:
                      lr_schedule=lr_schedule, loader=loader, scaler=scaler,
                      ckpt_dir=staging_dir(str(cfg.CHECKPOINT.DIR)), num_phases=int(cfg.OPTIMIZER.num_epochs),
                      iters_per_phase=len(loader), head_lr_schedule=head_lr_schedule,
-                     frozen_params=frozen_params)
+                     wd_schedule=build_weight_decay_schedule(cfg.OPTIMIZER), frozen_params=frozen_params)
 
 
 def restore(task: TrainTask) -> None:
@@ -228,7 +244,7 @@ def train_step(task: TrainTask, batch: Dict[str, Any]) -> None:
     run_hooks(task.hooks, "on_backward", task)
     if task.frozen_params is not None:
         task.frozen_params.apply(task.model, task.iteration)
-    set_learning_rates(task.optimizer, *task.learning_rates())
+    task.apply_schedules()
     if task.scaler is not None:
         task.scaler.step(task.optimizer)
         task.scaler.update()

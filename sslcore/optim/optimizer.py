@@ -24,12 +24,14 @@ leaves the zero gradient while timm still applies ``wd * w``; that only happens 
 whose gradient exists but is exactly zero.
 
 The LR is set every update from the schedule (:mod:`sslcore.optim.schedulers`), so the optimizer
-is built with the schedule's value at ``where = 0``.
+is built with the schedule's value at ``where = 0``; an optional weight-decay schedule
+(``param_schedulers.weight_decay``) is applied the same way to the regularised groups.
 
 Papers:
     - [0] LARS/LARC, You et al. 2017, https://arxiv.org/abs/1708.03888
     - [1] AdamW, Loshchilov and Hutter 2017, https://arxiv.org/abs/1711.05101
     - [2] Adam, Kingma and Ba 2014, https://arxiv.org/abs/1412.6980
+    - [3] DINO, Caron et al. 2021, https://arxiv.org/abs/2104.14294 (weight decay 0.04 -> 0.4)
 """
 
 from __future__ import annotations
@@ -94,6 +96,14 @@ declare("OPTIMIZER", {
             "same format as param_schedulers.lr; its auto_lr_scaling is applied when the "
             "schedule is built (logged). {} = not set",
         ),
+        "weight_decay": Key(
+            {}, dict,
+            "weight-decay schedule of the regularised parameters, e.g. DINO's {name: cosine, "
+            "start_value: 0.04, end_value: 0.4, update_interval: epoch}: same format as "
+            "param_schedulers.lr without auto_lr_scaling; heads with "
+            "head_optimizer_params.use_different_wd keep their own constant decay. "
+            "{} = constant OPTIMIZER.weight_decay",
+        ),
     },
 })
 
@@ -153,7 +163,8 @@ def split_param_groups(model: nn.Module, *, weight_decay: float, regularize_bn: 
             buckets[key].append(param)
     decays = {"decay": weight_decay, "no_decay": 0.0, "head_decay": head_weight_decay,
               "head_no_decay": 0.0}
-    return [{"params": params, "weight_decay": float(decays[key]), "head": key.startswith("head_")}
+    return [{"params": params, "weight_decay": float(decays[key]), "head": key.startswith("head_"),
+             "regularized": not key.endswith("no_decay")}
             for key, params in buckets.items() if params]
 
 
@@ -275,6 +286,53 @@ def build_head_lr_schedule(optim_cfg: Any, *, global_batch_size: int) -> Optiona
         log.info("OPTIMIZER.param_schedulers.lr_head: auto_lr_scaling for global batch %d -> %s",
                  global_batch_size, scaled)
     return build_param_scheduler(scaled, int(optim_cfg.num_epochs))
+
+
+def build_weight_decay_schedule(optim_cfg: Any) -> Optional[Any]:
+    """The weight-decay schedule (``param_schedulers.weight_decay``), or None when it is ``{}``.
+
+    VISSL's key; DINO [3] raises the decay from 0.04 to 0.4 along a cosine over training.
+
+    Args:
+        optim_cfg: the ``OPTIMIZER`` section.
+
+    Returns:
+        A callable ``where -> weight decay`` for ``where`` in [0, 1), or None.
+
+    Raises:
+        ValueError: ``auto_lr_scaling`` in it (learning rates only), or a negative decay anywhere
+            on the schedule; KeyError/ValueError from an invalid schedule (names the problem).
+    """
+    from omegaconf import OmegaConf
+
+    from sslcore.optim.schedulers import build_param_scheduler
+
+    params = OmegaConf.to_container(optim_cfg.param_schedulers.weight_decay, resolve=True)
+    if not params:
+        return None
+    if params.get("auto_lr_scaling"):
+        raise ValueError("OPTIMIZER.param_schedulers.weight_decay has auto_lr_scaling, which scales "
+                         "learning rates only: remove it")
+    schedule = build_param_scheduler(params, int(optim_cfg.num_epochs))
+    lowest = min(float(schedule(i / 1000)) for i in range(1000))
+    if lowest < 0:
+        raise ValueError(f"OPTIMIZER.param_schedulers.weight_decay reaches {lowest:g}; a weight "
+                         "decay must stay >= 0")
+    return schedule
+
+
+def set_weight_decay(optimizer: torch.optim.Optimizer, weight_decay: float, *,
+                     heads_too: bool = True) -> None:
+    """Set the decay of every regularised group (BatchNorm/bias groups without decay stay at 0).
+
+    Args:
+        optimizer: built by :func:`build_optimizer` (groups carry ``"regularized"``, ``"head"``).
+        weight_decay: the new decay (>= 0).
+        heads_too: False leaves the head groups alone (``head_optimizer_params.use_different_wd``).
+    """
+    for group in optimizer.param_groups:
+        if group.get("regularized") and (heads_too or not group.get("head")):
+            group["weight_decay"] = float(weight_decay)
 
 
 def set_learning_rates(optimizer: torch.optim.Optimizer, lr: float,

@@ -30,6 +30,7 @@ from sslcore.methods.multicrop import split_crops
 from sslcore.models import build_model
 from sslcore.models.heads import build_head
 from sslcore.models.heads.dino_head import DINOHead
+from sslcore.optim.optimizer import build_weight_decay_schedule
 
 QUICK = "pretrain/dino/quick_dino"
 
@@ -306,6 +307,8 @@ def test_deit_recipe_is_vissls_dino_deit_s16():
     inferred = DINO.infer_config(cfg, world_size=16)
     assert inferred == {"LOSS.dino_loss.num_crops": 10, "LOSS.dino_loss.output_dim": 65536}
     assert cfg.OPTIMIZER.name == "adamw" and cfg.LOSS.dino_loss.teacher_temp_warmup_iters == 37530
+    wd = build_weight_decay_schedule(cfg.OPTIMIZER)
+    assert (wd(0.0), wd(0.5), wd(299 / 300)) == pytest.approx((0.04, 0.22, 0.4), abs=1e-5)
 
 
 def _records(ckpt_dir):
