@@ -17,6 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from resume_helpers import rewind
+from world_helpers import assert_same_training, relative_distance, train_processes
 from sslcore.config import compose_config
 from sslcore.config.loader import CONFIG_ROOT
 from sslcore.data.transforms import build_transforms
@@ -341,3 +342,20 @@ def test_quick_dino_learns_and_resumes_exactly(fmnist_small, tmp_path):
     torch.testing.assert_close(b["base_model"], a["base_model"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(b["loss"], a["loss"], rtol=1e-5, atol=1e-6)
     assert set(a["loss"]) == {"loss", "teacher"} and a["loss"]["loss"]["center"].abs().sum() > 0
+
+
+@pytest.mark.slow
+def test_two_process_training_matches_one_process(tmp_path):
+    """The whole method: the same global batch of 16 on 1 and on 2 gloo processes gives the same
+    losses, student, teacher and center after 4 steps (GroupNorm trunk, dino_head without
+    BatchNorm, so the forward pass does not depend on the split)."""
+    overrides = [f"config={QUICK}", "config.MODEL.TRUNK.RESNETS.NORM=GroupNorm",
+                 "config.MODEL.HEAD.PARAMS=[[dino_head,{in_dim:64,num_clusters:[64],hidden_dim:128,"
+                 "bottleneck_dim:32,use_bn:false,normalize_last_layer:true}]]",
+                 "config.DATA.TRAIN.SYNTHETIC.NUM_SAMPLES=64", "config.OPTIMIZER.num_epochs=1",
+                 "config.HOOKS.TENSORBOARD_SETUP.USE_TENSORBOARD=false"]
+    one = train_processes(1, tmp_path / "one", overrides, 16)
+    two = train_processes(2, tmp_path / "two", overrides, 8)
+    assert_same_training(one, two, iterations=4)
+    state1, state2 = (run[1]["classy_state_dict"]["loss"] for run in (one, two))
+    assert relative_distance(state1, state2) < 1e-4
