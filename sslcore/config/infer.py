@@ -39,7 +39,8 @@ def infer_config(cfg: DictConfig, *, world_size: int, local_world_size: int,
       1. MACHINE.DEVICE falls back to "cpu" without CUDA; DISTRIBUTED.BACKEND is gloo on CPU.
       2. DISTRIBUTED.NUM_NODES / NUM_PROC_PER_NODE describe the processes actually launched
          (torchrun's WORLD_SIZE and LOCAL_WORLD_SIZE).
-      3. The LR schedule is scaled for the global batch size (``auto_lr_scaling``).
+      3. The LR schedules (``lr`` and, when set, ``lr_head``) are scaled for the global batch
+         size (``auto_lr_scaling``), so the saved config holds the LRs the run uses.
       4. For training only: the method's own rules (e.g. the SimCLR loss's effective batch size).
 
     Args:
@@ -71,6 +72,10 @@ def infer_config(cfg: DictConfig, *, world_size: int, local_world_size: int,
     lr = tree["OPTIMIZER"]["param_schedulers"]["lr"]
     new["OPTIMIZER.param_schedulers.lr"] = (scale_lr_schedule(lr, global_bs),
                                             f"auto_lr_scaling for global batch {global_bs}")
+    lr_head = tree["OPTIMIZER"]["param_schedulers"].get("lr_head") or {}
+    if lr_head:
+        new["OPTIMIZER.param_schedulers.lr_head"] = (scale_lr_schedule(lr_head, global_bs),
+                                                     f"auto_lr_scaling for global batch {global_bs}")
     _apply(tree, new)
     method_rules = _method_rules(cfg_from(tree), world_size) if engine_name == "train" else {}
     _apply(tree, method_rules)

@@ -93,8 +93,8 @@ declare("OPTIMIZER", {
         "lr_head": Key(
             {}, dict,
             "LR schedule of the heads, required with head_optimizer_params.use_different_lr: "
-            "same format as param_schedulers.lr; its auto_lr_scaling is applied when the "
-            "schedule is built (logged). {} = not set",
+            "same format as param_schedulers.lr, auto_lr_scaling included (applied with lr's "
+            "when the config is resolved). {} = not set",
         ),
         "weight_decay": Key(
             {}, dict,
@@ -261,8 +261,10 @@ def _head_weight_decay(optim_cfg: Any) -> Optional[float]:
 def build_head_lr_schedule(optim_cfg: Any, *, global_batch_size: int) -> Optional[Any]:
     """The heads' LR schedule (``param_schedulers.lr_head``) when ``use_different_lr``, else None.
 
-    ``lr_head.auto_lr_scaling`` is applied here for ``global_batch_size`` (the scaled schedule is
-    logged), by the same rule as ``param_schedulers.lr`` (:func:`~sslcore.optim.schedulers.scale_lr_schedule`).
+    ``lr_head.auto_lr_scaling`` is applied for ``global_batch_size`` by the same rule as
+    ``param_schedulers.lr`` (:func:`~sslcore.optim.schedulers.scale_lr_schedule`). A resolved
+    config already holds the scaled schedule (:func:`sslcore.config.infer.infer_config`);
+    scaling is idempotent, so that changes nothing.
 
     Args:
         optim_cfg: the ``OPTIMIZER`` section.

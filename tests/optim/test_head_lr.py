@@ -123,3 +123,20 @@ def test_head_groups_decay_and_lr_head_auto_scaling():
                         _Net(), 0.01)
     schedule = build_head_lr_schedule(cfg.OPTIMIZER, global_batch_size=512)
     assert schedule(0.5) == pytest.approx(0.2)  # 0.1 x 512 / 256
+
+
+def test_resolved_config_holds_the_scaled_head_lr():
+    """The saved config shows the head LR the run uses, as it does for param_schedulers.lr."""
+    from sslcore.config.infer import infer_config
+
+    cfg = _cfg("config=pretrain/simclr/quick_simclr",
+               "config.OPTIMIZER.head_optimizer_params.use_different_lr=true",
+               "config.DATA.TRAIN.BATCHSIZE_PER_REPLICA=64",
+               "config.OPTIMIZER.param_schedulers.lr_head={name: constant, value: 0.1, "
+               "auto_lr_scaling: {auto_scale: true, base_value: 0.1, base_lr_batch_size: 256, "
+               "scaling_type: linear}}")
+    resolved, changes = infer_config(cfg, world_size=8, local_world_size=8, cuda_available=False)
+    assert resolved.OPTIMIZER.param_schedulers.lr_head.value == pytest.approx(0.2)  # 0.1 x 512 / 256
+    assert any(c.startswith("OPTIMIZER.param_schedulers.lr_head.value: 0.1 -> 0.2") for c in changes)
+    schedule = build_head_lr_schedule(resolved.OPTIMIZER, global_batch_size=512)
+    assert schedule(0.0) == pytest.approx(0.2)  # scaling twice changes nothing
