@@ -181,7 +181,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
     run_zoo(args.data, args.out, methods=methods, epochs=args.epochs, workers=args.workers,
-            device=args.device)
+            device=args.device, baselines_only=args.baselines_only)
     print((Path(args.out) / "zoo.md").read_text(), end="")
     return 0
 
@@ -406,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.add_argument("--epochs", type=int, default=2)
     zoo.add_argument("--workers", type=int, default=0, help="data loader workers")
     zoo.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
+    zoo.add_argument("--baselines-only", action="store_true",
+                     help="train nothing: score the methods' trunks at random init and raw pixels")
     zoo.set_defaults(func=cmd_zoo)
     pipes = sub.add_parser("pipelines", help="compile or run the Kubeflow pipelines", add_help=False)
     pipes.add_argument("rest", nargs=argparse.REMAINDER)

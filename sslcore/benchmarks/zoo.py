@@ -3,10 +3,11 @@
 For each method ``m`` the recipe ``pretrain/<m>/<m>_fashion_mnist`` trains on a class-stratified
 subset of Fashion-MNIST for the same number of epochs; the trunk's res5avg features of the train
 and test subsets are extracted unaugmented; the kNN benchmark (VISSL/NPID weighted vote, k=200,
-T=0.1 and k=20, T=0.07) scores them. The random-init trunk (the thin ResNet-18 the recipes share)
-and raw pixels are scored the same way, so the table reads as "how far above the floors".
+T=0.1 and k=20, T=0.07) scores them. Each trunk the methods use (the thin ResNet-18 x0.125 of
+most recipes, the full-width ResNet-18 of MoCo, NPID, PIRL, ...) is also scored at random init,
+and raw pixels the same way, so each row reads as "how far above its own trunk's floor".
 
-    sslcore benchmark zoo --data DIR --out DIR [--methods simclr,moco,...] [--epochs 2]
+    sslcore zoo --data DIR --out DIR [--methods simclr,moco,...] [--epochs 2] [--baselines-only]
 
 ``--data`` is a dataset written by ``sslcore data prepare fashion_mnist --limit-train N``.
 Results go to ``<out>/zoo.json`` and a Markdown table to ``<out>/zoo.md``; a method that fails is
@@ -120,12 +121,35 @@ def _extract(data: Path, out: Path, trunk: Optional[Dict[str, Any]], weights: st
     return out
 
 
+def _recipe_trunk(recipe: str) -> Dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    from sslcore.config.loader import compose_config
+
+    return OmegaConf.to_container(compose_config([f"config={recipe}"]).MODEL.TRUNK, resolve=True)
+
+
+def trunk_of(method: str) -> Dict[str, Any]:
+    """``MODEL.TRUNK`` of ``method``'s Fashion-MNIST recipe (composed, not trained)."""
+    return _recipe_trunk(recipe_for(method))
+
+
+def trunk_label(trunk: Dict[str, Any]) -> str:
+    """A short name of a trunk config, e.g. ``ResNet-18 x0.125`` or ``ResNet-50``."""
+    if trunk.get("NAME") != "resnet":
+        return str(trunk.get("NAME"))
+    resnet = trunk.get("RESNETS", {})
+    width = float(resnet.get("WIDTH_MULTIPLIER", 1))
+    return f"ResNet-{resnet.get('DEPTH', 50)}" + ("" if width == 1 else f" x{width:g}")
+
+
 def run_method(method: str, data: Path, out: Path, *, epochs: int, workers: int = 0,
                device: str = "cpu", extra: Sequence[str] = ()) -> Dict[str, Any]:
     """Pretrain ``method`` on ``data``, extract res5avg features and run kNN.
 
     Returns:
-        ``{"method", "recipe", "epochs", "train_seconds", "final_loss", "top1": {setting: %}}``.
+        ``{"method", "recipe", "trunk", "epochs", "train_seconds", "final_loss",
+        "top1": {setting: %}}`` (``trunk``: :func:`trunk_label`).
 
     Raises:
         Whatever training or extraction raises (the caller records it).
@@ -147,48 +171,56 @@ def run_method(method: str, data: Path, out: Path, *, epochs: int, workers: int 
     trunk = torch.load(final, map_location="cpu", weights_only=True)["config"]["MODEL"]["TRUNK"]
     log_lines = (run_dir / "train" / "stdout.json").read_text().splitlines()
     features = _extract(data, run_dir / "features", trunk, str(final), workers)
-    return {"method": method, "recipe": recipe_for(method), "epochs": epochs,
+    return {"method": method, "recipe": recipe_for(method), "trunk": trunk_label(trunk), "epochs": epochs,
             "train_seconds": round(seconds, 1),
             "final_loss": json.loads(log_lines[-1])["loss"] if log_lines else None,
             "top1": _knn(features, run_dir / "knn", "res5avg")}
 
 
-def run_baselines(data: Path, out: Path, *, workers: int = 0) -> List[Dict[str, Any]]:
-    """kNN of the random-init extraction trunk and of raw pixels on ``data``."""
+def run_baselines(data: Path, out: Path, trunks: Sequence[Dict[str, Any]], *,
+                  workers: int = 0) -> List[Dict[str, Any]]:
+    """kNN of each distinct trunk in ``trunks`` at random init, and of raw pixels, on ``data``."""
     from sslcore.engine.extract import extract_raw_pixel_features
 
     rows = []
-    random_init = _extract(data, out / "random_init" / "features", None, "", workers)
-    rows.append({"method": "random init (baseline)", "epochs": 0,
-                 "top1": _knn(random_init, out / "random_init" / "knn", "res5avg")})
+    distinct = {trunk_label(t): t for t in trunks}
+    for label, trunk in distinct.items():
+        slug = label.lower().replace(" ", "_").replace(".", "")
+        features = _extract(data, out / "random_init" / slug / "features", trunk, "", workers)
+        rows.append({"method": "random init (baseline)", "trunk": label, "epochs": 0,
+                     "top1": _knn(features, out / "random_init" / slug / "knn", "res5avg")})
     pixels = extract_raw_pixel_features(data, out / "raw_pixels" / "features")
-    rows.append({"method": "raw pixels (baseline)", "epochs": 0,
+    rows.append({"method": "raw pixels (baseline)", "trunk": "", "epochs": 0,
                  "top1": _knn(pixels, out / "raw_pixels" / "knn", "pixels")})
     return rows
 
 
 def format_zoo_table(rows: Sequence[Dict[str, Any]], *, note: str) -> str:
-    """A Markdown table: method, epochs, kNN top-1 at both settings, train time, final loss."""
+    """A Markdown table: method, trunk, epochs, kNN top-1 at both settings, train time, final loss."""
     lines = [note, "",
-             "| method | epochs | kNN top-1 (k=200, T=0.1) | kNN top-1 (k=20, T=0.07) | train s | final loss |",
-             "|---|---|---|---|---|---|"]
+             "| method | trunk | epochs | kNN top-1 (k=200, T=0.1) | kNN top-1 (k=20, T=0.07) | "
+             "train s | final loss |",
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
         if "error" in row:
-            lines.append(f"| {row['method']} | {row.get('epochs', '')} | failed: "
-                         f"{row['error'].splitlines()[0][:80]} | | | |")
+            lines.append(f"| {row['method']} | {row.get('trunk', '')} | {row.get('epochs', '')} | "
+                         f"failed: {row['error'].splitlines()[0][:80]} | | | |")
             continue
         top1 = row["top1"]
         loss = row.get("final_loss")
         lines.append(
-            f"| {row['method']} | {row['epochs']} | {top1.get('k200_T0.1', float('nan')):.2f} | "
+            f"| {row['method']} | {row.get('trunk', '')} | {row['epochs']} | "
+            f"{top1.get('k200_T0.1', float('nan')):.2f} | "
             f"{top1.get('k20_T0.07', float('nan')):.2f} | {row.get('train_seconds', '')} | "
             f"{'' if loss is None else f'{loss:.3f}'} |")
     return "\n".join(lines) + "\n"
 
 
 def run_zoo(data: Path, out: Path, *, methods: Sequence[str] = METHODS, epochs: int = 2,
-            workers: int = 0, device: str = "cpu") -> List[Dict[str, Any]]:
-    """Run every method and both baselines; write ``zoo.json`` and ``zoo.md`` under ``out``.
+            workers: int = 0, device: str = "cpu", baselines_only: bool = False) -> List[Dict[str, Any]]:
+    """Run every method and the baselines; write ``zoo.json`` and ``zoo.md`` under ``out``.
+
+    ``baselines_only`` skips training: only the methods' trunks at random init and raw pixels.
 
     Raises:
         FileNotFoundError: ``data`` has no disk_filelist files.
@@ -199,7 +231,7 @@ def run_zoo(data: Path, out: Path, *, methods: Sequence[str] = METHODS, epochs: 
                                 "fashion_mnist --out DIR --limit-train N --limit-test M` first")
     out.mkdir(parents=True, exist_ok=True)
     rows: List[Dict[str, Any]] = []
-    for method in methods:
+    for method in [] if baselines_only else methods:
         log.info("zoo: %s", method)
         try:
             rows.append(run_method(method, data, out, epochs=epochs, workers=workers, device=device))
@@ -207,7 +239,13 @@ def run_zoo(data: Path, out: Path, *, methods: Sequence[str] = METHODS, epochs: 
             log.error("zoo: %s failed:\n%s", method, traceback.format_exc())
             rows.append({"method": method, "epochs": epochs, "error": f"{type(exc).__name__}: {exc}"})
         (out / "zoo.json").write_text(json.dumps(rows, indent=2) + "\n")
-    rows += run_baselines(data, out, workers=workers)
+    trunks = []
+    for method in methods:
+        try:
+            trunks.append(trunk_of(method))
+        except Exception:  # an unknown method is already reported in its row
+            log.warning("zoo: no recipe for %s, so no random-init baseline for its trunk", method)
+    rows += run_baselines(data, out, trunks or [_recipe_trunk(EXTRACT_RECIPE)], workers=workers)
     from sslcore.data.manifest import MANIFEST_NAME, read_manifest
 
     manifest = read_manifest(data) if (data / MANIFEST_NAME).exists() else {}

@@ -2,9 +2,10 @@
 
 import json
 
+import numpy as np
 import pytest
 
-from sslcore.benchmarks.zoo import format_zoo_table, run_zoo
+from sslcore.benchmarks.zoo import format_zoo_table, run_zoo, trunk_label
 
 pytestmark = pytest.mark.slow
 
@@ -21,14 +22,32 @@ def test_zoo_on_a_small_subset(fmnist_small, tmp_path):
     assert "no_such_method" in by_method["no_such_method"]["error"]
     assert by_method["raw pixels (baseline)"]["top1"]["k20_T0.07"] > 40
     table = (tmp_path / "zoo.md").read_text()
-    assert "train 512, test 256" in table and "| simclr | 1 |" in table and "failed:" in table
+    assert "train 512, test 256" in table and "| simclr | ResNet-18 x0.125 | 1 |" in table
+    assert "failed:" in table and by_method["random init (baseline)"]["trunk"] == "ResNet-18 x0.125"
     assert json.loads((tmp_path / "zoo.json").read_text()) == rows
 
 
-def test_table_format():
-    rows = [{"method": "m", "epochs": 2, "top1": {"k200_T0.1": 71.234, "k20_T0.07": 70.0},
-             "train_seconds": 3.5, "final_loss": 1.23456}]
-    assert "| m | 2 | 71.23 | 70.00 | 3.5 | 1.235 |" in format_zoo_table(rows, note="n")
+def test_baselines_only_scores_each_distinct_trunk_at_random_init(fmnist_small, tmp_path):
+    """SimCLR's and BYOL's recipes use two trunks: two random-init rows, nothing trained."""
+    rows = run_zoo(fmnist_small, tmp_path, methods=["simclr", "byol", "swav"], baselines_only=True)
+    assert [(r["method"], r["trunk"]) for r in rows] == [
+        ("random init (baseline)", "ResNet-18 x0.125"), ("random init (baseline)", "ResNet-18"),
+        ("raw pixels (baseline)", "")]
+    assert not (tmp_path / "simclr").exists() and not (tmp_path / "byol").exists()
+    dims = [np.load(tmp_path / "random_init" / slug / "features" / "train_res5avg_features.npy").shape
+            for slug in ("resnet-18_x0125", "resnet-18")]
+    assert dims == [(512, 64), (512, 512)]
+
+
+def test_table_format_and_trunk_labels():
+    rows = [{"method": "m", "trunk": "ResNet-18", "epochs": 2,
+             "top1": {"k200_T0.1": 71.234, "k20_T0.07": 70.0}, "train_seconds": 3.5,
+             "final_loss": 1.23456}]
+    assert "| m | ResNet-18 | 2 | 71.23 | 70.00 | 3.5 | 1.235 |" in format_zoo_table(rows, note="n")
+    assert trunk_label({"NAME": "resnet", "RESNETS": {"DEPTH": 50, "WIDTH_MULTIPLIER": 1.0}}) == "ResNet-50"
+    assert trunk_label({"NAME": "resnet", "RESNETS": {"DEPTH": 18, "WIDTH_MULTIPLIER": 0.125}}) \
+        == "ResNet-18 x0.125"
+    assert trunk_label({"NAME": "vision_transformer"}) == "vision_transformer"
 
 
 def test_step_decays_are_compressed_into_the_budget_and_the_recipe_composes():
