@@ -7,8 +7,6 @@ import json
 import math
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,12 +15,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from world_helpers import assert_same_training, relative_distance, train_processes
 from sslcore.config import compose_config
 from sslcore.engine.hooks import Hook
+from sslcore.engine.temp_frozen_params import TempFrozenParams
 from sslcore.losses import build_loss
 from sslcore.losses.sinkhorn import sinkhorn_knopp, sinkhorn_plan
 from sslcore.losses.swav import SwAVLoss, SwAVMomentumLoss
-from sslcore.engine.temp_frozen_params import TempFrozenParams
 from sslcore.models import build_model
 from sslcore.models.heads.swav_head import SwAVPrototypesHead
 
@@ -412,27 +411,28 @@ DISTRIBUTED_OVERRIDES = [
 def test_two_process_training_matches_one_process(tmp_path):
     """GroupNorm and a BatchNorm-free head make the forward independent of the batch split; the
     queue (used from iteration 2), Sinkhorn, frozen prototypes and DDP are what is under test."""
-    _, one_log = _train(QUICK, tmp_path / "one", *DISTRIBUTED_OVERRIDES,
-                        "config.DATA.TRAIN.BATCHSIZE_PER_REPLICA=16")
-    one = torch.load(tmp_path / "one" / "checkpoint.torch", weights_only=True)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "sslcore.cli", "train", f"config={QUICK}", *DISTRIBUTED_OVERRIDES,
-           f"config.CHECKPOINT.DIR={tmp_path / 'two'}", "config.DATA.TRAIN.BATCHSIZE_PER_REPLICA=8"]
-    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                          text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    two_log = [json.loads(line) for line in (tmp_path / "two" / "stdout.json").read_text().splitlines()]
-    two = torch.load(tmp_path / "two" / "checkpoint.torch", weights_only=True)
-    assert [r["iteration"] for r in one_log] == [r["iteration"] for r in two_log] == [1, 2, 3, 4]
-    for a, b in zip(one_log, two_log):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
-    assert two["config"]["LOSS"]["swav_loss"]["queue"]["local_queue_length"] == 16
-    q1, q2 = one["classy_state_dict"]["loss"]["loss"], two["classy_state_dict"]["loss"]["loss"]
+    overrides = [f"config={QUICK}", *DISTRIBUTED_OVERRIDES,
+                 "config.HOOKS.TENSORBOARD_SETUP.USE_TENSORBOARD=false"]
+    one = train_processes(1, tmp_path / "one", overrides, 16)
+    two = train_processes(2, tmp_path / "two", overrides, 8)
+    assert_same_training(one, two, iterations=4)
+    assert two[1]["config"]["LOSS"]["swav_loss"]["queue"]["local_queue_length"] == 16
+    q1, q2 = one[1]["classy_state_dict"]["loss"]["loss"], two[1]["classy_state_dict"]["loss"]["loss"]
     assert int(q1["queue_fill"]) == int(q2["queue_fill"]) == 32
     torch.testing.assert_close(q2["queue"], q1["queue"], rtol=1e-3, atol=1e-4)
-    w1 = one["classy_state_dict"]["base_model"]["model"]
-    w2 = two["classy_state_dict"]["base_model"]["model"]
-    for part in ("trunk", "heads"):
-        flat1 = torch.cat([w1[part][k].flatten().float() for k in w1[part]])
-        flat2 = torch.cat([w2[part][k].flatten().float() for k in w1[part]])
-        assert ((flat1 - flat2).norm() / flat1.norm()).item() < 1e-4
+
+
+@pytest.mark.slow
+def test_swav_momentum_two_process_training_matches_one_process(tmp_path):
+    """SwAV momentum: the same, plus the teacher that scores the codes after 4 steps."""
+    overrides = ["config=pretrain/swav_momentum/quick_swav_momentum",
+                 "config.MODEL.TRUNK.RESNETS.NORM=GroupNorm",
+                 "config.MODEL.HEAD.PARAMS=[[swav_head,{dims:[64,64,32],use_bn:false,num_clusters:[20]}]]",
+                 "config.DATA.TRAIN.SYNTHETIC.NUM_SAMPLES=32",
+                 "config.LOSS.swav_momentum_loss.use_double_precision=true",
+                 "config.HOOKS.TENSORBOARD_SETUP.USE_TENSORBOARD=false"]
+    one = train_processes(1, tmp_path / "one", overrides, 16)
+    two = train_processes(2, tmp_path / "two", overrides, 8)
+    assert_same_training(one, two, iterations=4)
+    state1, state2 = (run[1]["classy_state_dict"]["loss"] for run in (one, two))
+    assert relative_distance(state1, state2) < 1e-4
