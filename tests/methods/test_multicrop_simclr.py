@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from world_helpers import assert_same_training, train_processes
 from sslcore.config import compose_config
 from sslcore.losses import build_loss
 from sslcore.losses.multicrop_simclr import MultiCropSimCLRInfoNCELoss
@@ -205,3 +206,17 @@ def test_two_process_gloo_matches_one_process(tmp_path):
     torch.testing.assert_close(sum(r[0] for r in ranks) / WORLD, loss)
     for result in ranks:
         torch.testing.assert_close(result[1], grad)
+
+
+@pytest.mark.slow
+def test_two_process_training_matches_one_process(tmp_path):
+    """The whole method: the same global batch of 16 images (2 large + small crops each) on 1 and
+    on 2 gloo processes gives the same losses and weights after 4 steps (GroupNorm trunk,
+    projector without BatchNorm, so the forward pass does not depend on the split)."""
+    overrides = ["config=pretrain/simclr/quick_multicrop_simclr", "config.MODEL.TRUNK.RESNETS.NORM=GroupNorm",
+                 "config.MODEL.HEAD.PARAMS=[[mlp,{dims:[64,64,32],use_bn:false,use_relu:true}]]",
+                 "config.DATA.TRAIN.SYNTHETIC.NUM_SAMPLES=32",
+                 "config.HOOKS.TENSORBOARD_SETUP.USE_TENSORBOARD=false"]
+    one = train_processes(1, tmp_path / "one", overrides, 16)
+    two = train_processes(2, tmp_path / "two", overrides, 8)
+    assert_same_training(one, two, iterations=4)
