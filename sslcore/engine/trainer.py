@@ -161,8 +161,7 @@ def build_task(cfg: DictConfig, device: torch.device) -> TrainTask:
         log.info("temporarily frozen parameters: %s", frozen_params.entries)
     lr_params = OmegaConf.to_container(cfg.OPTIMIZER.param_schedulers.lr, resolve=True)
     lr_schedule = build_param_scheduler(lr_params, int(cfg.OPTIMIZER.num_epochs))
-    global_batch = int(cfg.DATA.TRAIN.BATCHSIZE_PER_REPLICA) * get_world_size()
-    head_lr_schedule = build_head_lr_schedule(cfg.OPTIMIZER, global_batch_size=global_batch)
+    head_lr_schedule = build_head_lr_schedule(cfg.OPTIMIZER)
     optimizer = build_optimizer(cfg.OPTIMIZER, model, float(lr_schedule(0.0)),
                                 None if head_lr_schedule is None else float(head_lr_schedule(0.0)))
     dataset = build_dataset(cfg, "TRAIN")

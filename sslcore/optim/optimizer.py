@@ -258,17 +258,15 @@ def _head_weight_decay(optim_cfg: Any) -> Optional[float]:
     return None
 
 
-def build_head_lr_schedule(optim_cfg: Any, *, global_batch_size: int) -> Optional[Any]:
+def build_head_lr_schedule(optim_cfg: Any) -> Optional[Any]:
     """The heads' LR schedule (``param_schedulers.lr_head``) when ``use_different_lr``, else None.
 
-    ``lr_head.auto_lr_scaling`` is applied for ``global_batch_size`` by the same rule as
-    ``param_schedulers.lr`` (:func:`~sslcore.optim.schedulers.scale_lr_schedule`). A resolved
-    config already holds the scaled schedule (:func:`sslcore.config.infer.infer_config`);
-    scaling is idempotent, so that changes nothing.
+    Like ``param_schedulers.lr``, the schedule is taken as it stands in a resolved config:
+    :func:`sslcore.config.infer.infer_config` has already applied its ``auto_lr_scaling`` for the
+    global batch (scaling again would multiply a multistep schedule's values twice).
 
     Args:
-        optim_cfg: the ``OPTIMIZER`` section.
-        global_batch_size: images per update over all processes.
+        optim_cfg: the ``OPTIMIZER`` section of a resolved config.
 
     Returns:
         A callable ``where -> lr`` for ``where`` in [0, 1), or None.
@@ -278,16 +276,12 @@ def build_head_lr_schedule(optim_cfg: Any, *, global_batch_size: int) -> Optiona
     """
     from omegaconf import OmegaConf
 
-    from sslcore.optim.schedulers import build_param_scheduler, scale_lr_schedule
+    from sslcore.optim.schedulers import build_param_scheduler
 
     if not bool(optim_cfg.head_optimizer_params.use_different_lr):
         return None
     params = OmegaConf.to_container(optim_cfg.param_schedulers.lr_head, resolve=True)
-    scaled = scale_lr_schedule(params, int(global_batch_size))
-    if scaled != params:
-        log.info("OPTIMIZER.param_schedulers.lr_head: auto_lr_scaling for global batch %d -> %s",
-                 global_batch_size, scaled)
-    return build_param_scheduler(scaled, int(optim_cfg.num_epochs))
+    return build_param_scheduler(params, int(optim_cfg.num_epochs))
 
 
 def build_weight_decay_schedule(optim_cfg: Any) -> Optional[Any]:

@@ -51,7 +51,7 @@ def _piecewise(values, milestones, epoch):
 def test_head_and_trunk_groups_follow_their_own_epoch_schedules():
     cfg = _cfg("config.OPTIMIZER.head_optimizer_params.use_different_lr=true", TRUNK_LR, HEAD_LR)
     net = _Net()
-    head_schedule = build_head_lr_schedule(cfg.OPTIMIZER, global_batch_size=256)
+    head_schedule = build_head_lr_schedule(cfg.OPTIMIZER)
     opt = build_optimizer(cfg.OPTIMIZER, net, 0.01, head_initial_lr=float(head_schedule(0.0)))
     head_ids = {id(p) for p in net.heads.parameters()}
     assert [g["head"] for g in opt.param_groups] == [False, False, True]  # heads: all decayed
@@ -72,7 +72,7 @@ def test_step_interval_head_cosine_next_to_epoch_trunk():
                 "end_value: 0.0, update_interval: step}")
     cfg = _cfg("config.OPTIMIZER.head_optimizer_params.use_different_lr=true", TRUNK_LR, head_cos)
     net = _Net()
-    head_schedule = build_head_lr_schedule(cfg.OPTIMIZER, global_batch_size=256)
+    head_schedule = build_head_lr_schedule(cfg.OPTIMIZER)
     task = _task(cfg, net, build_optimizer(cfg.OPTIMIZER, net, 0.01, 0.2), head_schedule)
     for iteration in (0, 3, 7, 12, 19):
         task.iteration, task.phase_idx = iteration, iteration // 5
@@ -98,7 +98,7 @@ def test_one_sgd_step_moves_trunk_by_trunk_lr_and_heads_by_head_lr():
 def test_without_use_different_lr_one_lr_drives_every_group():
     cfg = _cfg(TRUNK_LR, HEAD_LR)
     net = _Net()
-    assert build_head_lr_schedule(cfg.OPTIMIZER, global_batch_size=256) is None
+    assert build_head_lr_schedule(cfg.OPTIMIZER) is None
     opt = build_optimizer(cfg.OPTIMIZER, net, 0.01)
     assert not any(g["head"] for g in opt.param_groups) and len(opt.param_groups) == 2
     task = _task(cfg, net, opt, None)
@@ -108,7 +108,7 @@ def test_without_use_different_lr_one_lr_drives_every_group():
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.001, 0.001])
 
 
-def test_head_groups_decay_and_lr_head_auto_scaling():
+def test_head_groups_decay_with_the_trunk_decay():
     cfg = _cfg("config.OPTIMIZER.head_optimizer_params.use_different_lr=true",
                "config.OPTIMIZER.weight_decay=0.01", "config.OPTIMIZER.regularize_bias=false",
                "config.OPTIMIZER.param_schedulers.lr_head={name: constant, value: 0.1, "
@@ -121,22 +121,22 @@ def test_head_groups_decay_and_lr_head_auto_scaling():
     with pytest.raises(ValueError, match="param_schedulers.lr_head"):
         build_optimizer(_cfg("config.OPTIMIZER.head_optimizer_params.use_different_lr=true").OPTIMIZER,
                         _Net(), 0.01)
-    schedule = build_head_lr_schedule(cfg.OPTIMIZER, global_batch_size=512)
-    assert schedule(0.5) == pytest.approx(0.2)  # 0.1 x 512 / 256
 
 
 def test_resolved_config_holds_the_scaled_head_lr():
-    """The saved config shows the head LR the run uses, as it does for param_schedulers.lr."""
+    """The saved config shows the head LR the run uses, as it does for param_schedulers.lr, and
+    the schedule is built from it unscaled (a multistep's values would otherwise scale twice)."""
     from sslcore.config.infer import infer_config
 
     cfg = _cfg("config=pretrain/simclr/quick_simclr",
                "config.OPTIMIZER.head_optimizer_params.use_different_lr=true",
                "config.DATA.TRAIN.BATCHSIZE_PER_REPLICA=64",
-               "config.OPTIMIZER.param_schedulers.lr_head={name: constant, value: 0.1, "
-               "auto_lr_scaling: {auto_scale: true, base_value: 0.1, base_lr_batch_size: 256, "
-               "scaling_type: linear}}")
+               "config.OPTIMIZER.param_schedulers.lr_head={name: multistep, values: [0.1, 0.01], "
+               "milestones: [1], auto_lr_scaling: {auto_scale: true, base_value: 0.1, "
+               "base_lr_batch_size: 256, scaling_type: linear}}")
     resolved, changes = infer_config(cfg, world_size=8, local_world_size=8, cuda_available=False)
-    assert resolved.OPTIMIZER.param_schedulers.lr_head.value == pytest.approx(0.2)  # 0.1 x 512 / 256
-    assert any(c.startswith("OPTIMIZER.param_schedulers.lr_head.value: 0.1 -> 0.2") for c in changes)
-    schedule = build_head_lr_schedule(resolved.OPTIMIZER, global_batch_size=512)
-    assert schedule(0.0) == pytest.approx(0.2)  # scaling twice changes nothing
+    # 0.1 x 512 / 256
+    assert list(resolved.OPTIMIZER.param_schedulers.lr_head["values"]) == pytest.approx([0.2, 0.02])
+    assert any(c.startswith("OPTIMIZER.param_schedulers.lr_head.values.0: 0.1 -> 0.2") for c in changes)
+    schedule = build_head_lr_schedule(resolved.OPTIMIZER)
+    assert (schedule(0.0), schedule(0.9)) == pytest.approx((0.2, 0.02))
