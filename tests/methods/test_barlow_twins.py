@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from world_helpers import assert_same_training, train_processes
+from world_helpers import assert_two_processes_train_like_one
 from sslcore.config import compose_config
 from sslcore.losses import build_loss
 from sslcore.losses.barlow_twins import BarlowTwinsLoss
@@ -173,6 +173,4 @@ DIST = [f"config={QUICK}", "config.MODEL.TRUNK.RESNETS.NORM=GroupNorm",
 
 @pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
-    one = train_processes(1, tmp_path / "one", DIST, 32)
-    two = train_processes(2, tmp_path / "two", DIST, 16)
-    assert_same_training(one, two, iterations=4)
+    assert_two_processes_train_like_one(tmp_path, DIST, 32)

@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from resume_helpers import rewind
-from world_helpers import assert_same_training, relative_distance, train_processes
+from world_helpers import assert_two_processes_train_like_one
 from sslcore.config import compose_config
 from sslcore.config.loader import CONFIG_ROOT
 from sslcore.data.transforms import build_transforms
@@ -354,8 +354,4 @@ def test_two_process_training_matches_one_process(tmp_path):
                  "bottleneck_dim:32,use_bn:false,normalize_last_layer:true}]]",
                  "config.DATA.TRAIN.SYNTHETIC.NUM_SAMPLES=64", "config.OPTIMIZER.num_epochs=1",
                  "config.HOOKS.TENSORBOARD_SETUP.USE_TENSORBOARD=false"]
-    one = train_processes(1, tmp_path / "one", overrides, 16)
-    two = train_processes(2, tmp_path / "two", overrides, 8)
-    assert_same_training(one, two, iterations=4)
-    state1, state2 = (run[1]["classy_state_dict"]["loss"] for run in (one, two))
-    assert relative_distance(state1, state2) < 1e-4
+    assert_two_processes_train_like_one(tmp_path, overrides, 16, method_state=True)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from resume_helpers import rewind
-from world_helpers import assert_same_training, train_processes
+from world_helpers import assert_two_processes_train_like_one
 from sslcore.config import compose_config
 from sslcore.data import build_collator, build_transforms
 from sslcore.data.jigsaw_permutations import (
@@ -219,8 +219,6 @@ def test_two_processes_match_one_process(tmp_path):
                          "config.DATA.TRAIN.SYNTHETIC.NUM_SAMPLES=64", "config.OPTIMIZER.num_epochs=1",
                          "config.OPTIMIZER.param_schedulers.lr.start_value=0.01",
                          "config.OPTIMIZER.param_schedulers.lr.end_value=0.001"]
-    one = train_processes(1, tmp_path / "one", overrides, 16)
-    two = train_processes(2, tmp_path / "two", overrides, 8)
-    assert_same_training(one, two, iterations=4)
+    assert_two_processes_train_like_one(tmp_path, overrides, 16)
     saved = [np.load(d / "hamming_perms_10_patches_9_max_avg.npy") for d in (tmp_path / "one", tmp_path / "two")]
     assert np.array_equal(saved[0], saved[1])

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from world_helpers import assert_same_training, train_processes
+from world_helpers import assert_two_processes_train_like_one
 from sslcore.config import compose_config
 from sslcore.losses import build_loss
 from sslcore.losses.multicrop_simclr import MultiCropSimCLRInfoNCELoss
@@ -217,6 +217,4 @@ def test_two_process_training_matches_one_process(tmp_path):
                  "config.MODEL.HEAD.PARAMS=[[mlp,{dims:[64,64,32],use_bn:false,use_relu:true}]]",
                  "config.DATA.TRAIN.SYNTHETIC.NUM_SAMPLES=32",
                  "config.HOOKS.TENSORBOARD_SETUP.USE_TENSORBOARD=false"]
-    one = train_processes(1, tmp_path / "one", overrides, 16)
-    two = train_processes(2, tmp_path / "two", overrides, 8)
-    assert_same_training(one, two, iterations=4)
+    assert_two_processes_train_like_one(tmp_path, overrides, 16)

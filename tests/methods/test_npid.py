@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from resume_helpers import rewind
-from world_helpers import assert_same_training, train_processes
+from world_helpers import assert_two_processes_train_like_one
 from sslcore.config import compose_config
 from sslcore.config.infer import infer_config
 from sslcore.engine.launcher import run_engine
@@ -231,9 +231,7 @@ DISTRIBUTED = QUICK + [
 def test_two_processes_match_one_process(tmp_path):
     """Same global batch of 16 on 1 and 2 processes (GroupNorm: the forward does not depend on the
     split): same negatives, same Z, same memory updates, same losses and weights."""
-    one = train_processes(1, tmp_path / "one", DISTRIBUTED, 16)
-    two = train_processes(2, tmp_path / "two", DISTRIBUTED, 8)
-    assert_same_training(one, two, iterations=4)
+    one, two = assert_two_processes_train_like_one(tmp_path, DISTRIBUTED, 16)
     s1, s2 = one[1]["classy_state_dict"], two[1]["classy_state_dict"]
     assert s1["loss"]["loss"]["partition"].item() == pytest.approx(s2["loss"]["loss"]["partition"].item(),
                                                                   rel=1e-5)

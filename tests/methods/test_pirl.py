@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from resume_helpers import rewind
-from world_helpers import assert_same_training, train_processes
+from world_helpers import assert_two_processes_train_like_one
 from sslcore.config import compose_config
 from sslcore.config.infer import infer_config
 from sslcore.data import build_collator
@@ -228,8 +228,6 @@ def test_two_processes_match_one_process(tmp_path):
         "config.DATA.TRAIN.SYNTHETIC.NUM_SAMPLES=32",
         "config.MODEL.HEAD.PARAMS=[[[mlp,{dims:[64,32]}],[siamese_concat_view,{num_towers:9}],"
         "[mlp,{dims:[288,32]}]],[[mlp,{dims:[64,64,32],use_bn:false,use_relu:true}]]]"]
-    one = train_processes(1, tmp_path / "one", overrides, 16)
-    two = train_processes(2, tmp_path / "two", overrides, 8)
-    assert_same_training(one, two, iterations=4)
+    one, two = assert_two_processes_train_like_one(tmp_path, overrides, 16)
     bank1, bank2 = (run[1]["classy_state_dict"]["loss"]["memory_bank"]["memory"] for run in (one, two))
     torch.testing.assert_close(bank1, bank2, rtol=1e-3, atol=1e-4)

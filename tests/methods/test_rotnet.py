@@ -21,7 +21,7 @@ from sslcore.data.seeding import seeded_sample
 from sslcore.engine.launcher import run_engine
 from sslcore.methods.rotnet import check_rotation_config, find_rotation
 from sslcore.optim.schedulers import build_param_scheduler
-from world_helpers import assert_same_training, train_processes
+from world_helpers import assert_two_processes_train_like_one
 
 RECIPES = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "sslcore/config/pretrain/"
                                   "rotnet").glob("*.yaml"))
@@ -189,6 +189,4 @@ def test_two_processes_match_one_process(tmp_path):
     4 steps that noise is 5e-6, and a 10 % LR change already moves the trunk by 2.5e-4."""
     overrides = QUICK + ["config.MODEL.TRUNK.RESNETS.NORM=GroupNorm", "config.OPTIMIZER.num_epochs=1",
                          "config.OPTIMIZER.param_schedulers.lr.value=0.01"]
-    one = train_processes(1, tmp_path / "one", overrides, 8)
-    two = train_processes(2, tmp_path / "two", overrides, 4)
-    assert_same_training(one, two, iterations=4)
+    assert_two_processes_train_like_one(tmp_path, overrides, 8)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from resume_helpers import rewind
-from world_helpers import assert_same_training, train_processes
+from world_helpers import assert_two_processes_train_like_one
 from sslcore.config import compose_config
 from sslcore.config.loader import CONFIG_ROOT
 from sslcore.data.transforms import build_transforms
@@ -147,6 +147,4 @@ def test_two_processes_match_one_process(tmp_path):
                  "[mlp,{dims:[32,16,32],use_bn:false,use_relu:true}]]",
                  "config.DATA.TRAIN.SYNTHETIC.NUM_SAMPLES=64",
                  "config.HOOKS.TENSORBOARD_SETUP.USE_TENSORBOARD=false"]
-    one = train_processes(1, tmp_path / "one", overrides, 32)
-    two = train_processes(2, tmp_path / "two", overrides, 16)
-    assert_same_training(one, two, iterations=4)
+    assert_two_processes_train_like_one(tmp_path, overrides, 32)

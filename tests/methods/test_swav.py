@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from world_helpers import assert_same_training, relative_distance, train_processes
+from world_helpers import assert_two_processes_train_like_one
 from sslcore.config import compose_config
 from sslcore.engine.hooks import Hook
 from sslcore.engine.temp_frozen_params import TempFrozenParams
@@ -413,9 +413,7 @@ def test_two_process_training_matches_one_process(tmp_path):
     queue (used from iteration 2), Sinkhorn, frozen prototypes and DDP are what is under test."""
     overrides = [f"config={QUICK}", *DISTRIBUTED_OVERRIDES,
                  "config.HOOKS.TENSORBOARD_SETUP.USE_TENSORBOARD=false"]
-    one = train_processes(1, tmp_path / "one", overrides, 16)
-    two = train_processes(2, tmp_path / "two", overrides, 8)
-    assert_same_training(one, two, iterations=4)
+    one, two = assert_two_processes_train_like_one(tmp_path, overrides, 16)
     assert two[1]["config"]["LOSS"]["swav_loss"]["queue"]["local_queue_length"] == 16
     q1, q2 = one[1]["classy_state_dict"]["loss"]["loss"], two[1]["classy_state_dict"]["loss"]["loss"]
     assert int(q1["queue_fill"]) == int(q2["queue_fill"]) == 32
@@ -431,8 +429,4 @@ def test_swav_momentum_two_process_training_matches_one_process(tmp_path):
                  "config.DATA.TRAIN.SYNTHETIC.NUM_SAMPLES=32",
                  "config.LOSS.swav_momentum_loss.use_double_precision=true",
                  "config.HOOKS.TENSORBOARD_SETUP.USE_TENSORBOARD=false"]
-    one = train_processes(1, tmp_path / "one", overrides, 16)
-    two = train_processes(2, tmp_path / "two", overrides, 8)
-    assert_same_training(one, two, iterations=4)
-    state1, state2 = (run[1]["classy_state_dict"]["loss"] for run in (one, two))
-    assert relative_distance(state1, state2) < 1e-4
+    assert_two_processes_train_like_one(tmp_path, overrides, 16, method_state=True)

@@ -15,17 +15,30 @@ from pathlib import Path
 import pytest
 import torch
 
+from sslcore.engine.launcher import run_engine
+
 
 def train_processes(nproc: int, ckpt_dir: Path, overrides: list, batch_per_replica: int):
-    """Run ``sslcore train`` on ``nproc`` processes; return (stdout.json records, final checkpoint)."""
+    """Run ``sslcore train`` on ``nproc`` processes; return (stdout.json records, final checkpoint).
+
+    One process trains in this interpreter on one thread, like each torchrun worker (a fresh
+    interpreter spends ~9 s importing torch; the suite runs a dozen of these comparisons).
+    """
     args = list(overrides) + [f"config.CHECKPOINT.DIR={ckpt_dir}",
                               f"config.DATA.TRAIN.BATCHSIZE_PER_REPLICA={batch_per_replica}"]
-    launcher = ([] if nproc == 1 else
-                ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"])
-    cmd = [sys.executable, *launcher, "-m", "sslcore.cli", "train", *args]
-    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    if nproc == 1:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            run_engine(args)
+        finally:
+            torch.set_num_threads(threads)
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", "-m", "sslcore.cli", "train", *args]
+        done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(line) for line in (ckpt_dir / "stdout.json").read_text().splitlines()]
     return records, torch.load(ckpt_dir / "checkpoint.torch", weights_only=True)
 
@@ -65,3 +78,19 @@ def assert_same_training(one, two, iterations: int, *, weight_rel: float = 1e-4)
     w2 = two_ckpt["classy_state_dict"]["base_model"]["model"]
     for part in ("trunk", "heads"):
         assert relative_distance(w1[part], w2[part]) < weight_rel, part
+
+
+def assert_two_processes_train_like_one(tmp_path: Path, overrides: list, global_batch: int, *,
+                                        iterations: int = 4, method_state: bool = False):
+    """Train on 1 process at ``global_batch`` and on 2 at half of it; assert the same training.
+
+    ``method_state`` also compares the method's checkpointed state (momentum teacher, center,
+    queue, memory bank) within 1e-4 relative. Returns both runs for further checks.
+    """
+    one = train_processes(1, tmp_path / "one", overrides, global_batch)
+    two = train_processes(2, tmp_path / "two", overrides, global_batch // 2)
+    assert_same_training(one, two, iterations=iterations)
+    if method_state:
+        state1, state2 = (run[1]["classy_state_dict"]["loss"] for run in (one, two))
+        assert relative_distance(state1, state2) < 1e-4
+    return one, two
