@@ -131,7 +131,8 @@ def build_task(cfg: DictConfig, device: torch.device) -> TrainTask:
     """Build model, method, optimizer, schedule and data loader from a resolved config.
 
     ``task.frozen_params`` holds ``MODEL.TEMP_FROZEN_PARAMS_ITER_MAP``, checked against the model's
-    parameter names (a ValueError names the closest ones). ``task.ckpt_dir`` is CHECKPOINT.DIR, or its local staging directory when it is ``s3://``.
+    parameter names (a ValueError names the closest ones). ``task.ckpt_dir`` is CHECKPOINT.DIR,
+    or its local staging directory when it is ``s3://``.
     """
     from sslcore.engine.remote import staging_dir
     from sslcore.data import build_dataloader, build_dataset
